@@ -1,0 +1,51 @@
+"""encode: tokenize the (query, title) pairs with the pretrained tokenizer.
+
+Pairs are truncated to encode.max_length but not padded: the train stage pads
+each batch to its longest pair, which wastes far less compute than padding all to max_length.
+"""
+import argparse
+from pathlib import Path
+
+from stages.common import StageError, atomic_path, load_params, read_pairs, run
+
+SPLITS = ("train", "val")
+
+
+def encode_pairs(pairs, tokenizer, max_length):
+    """Return an Arrow-backed datasets.Dataset with input_ids, token_type_ids, attention_mask and label."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_pandas(pairs, preserve_index=False)
+    return dataset.map(
+        lambda batch: tokenizer(batch["query"], batch["title"], truncation=True, max_length=max_length),
+        batched=True,
+        remove_columns=["query", "title"],
+        desc="Tokenizing",
+        new_fingerprint=f"encode-{max_length}",  # fixed, so identical inputs give identical files
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("split_dir", type=Path, help="folder with train.csv and val.csv (data/split)")
+    parser.add_argument("model_dir", type=Path, help="pretrained model folder holding the tokenizer (models/pretrained)")
+    parser.add_argument("encoded_dir", type=Path, help="output folder, one dataset per split (data/encoded)")
+    args = parser.parse_args()
+    max_length = load_params("encode")["max_length"]
+    if not isinstance(max_length, int) or max_length < 8:
+        raise StageError(f"encode.max_length={max_length}: expected an integer of at least 8")
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    longest = AutoConfig.from_pretrained(args.model_dir, local_files_only=True).max_position_embeddings
+    if max_length > longest:
+        raise StageError(f"encode.max_length={max_length}: the model accepts at most {longest} tokens")
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
+    with atomic_path(args.encoded_dir) as encoded_dir:
+        for split in SPLITS:
+            encoded = encode_pairs(read_pairs(args.split_dir / f"{split}.csv"), tokenizer, max_length)
+            encoded.save_to_disk(encoded_dir / split)
+
+
+if __name__ == "__main__":
+    run(main)
