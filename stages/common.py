@@ -44,7 +44,7 @@ def read_pairs(path):
     import pandas as pd
 
     try:
-        pairs = pd.read_csv(path, dtype={"query": str, "title": str}, keep_default_na=False, encoding="utf-8-sig")
+        pairs = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except FileNotFoundError:
         raise StageError(f"{path}: file not found") from None
     except pd.errors.EmptyDataError:

@@ -8,8 +8,8 @@ from stages.common import LABELS, StageError, atomic_path, load_params, run
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-def precision_flags(precision):
-    """TrainingArguments flags for train.precision; `auto` picks bf16, then fp16 on a GPU, fp32 on CPU."""
+def device_flags(precision):
+    """TrainingArguments flags for train.precision and the device: `auto` picks bf16, then fp16 on a GPU, fp32 on CPU."""
     import torch
 
     if precision not in PRECISIONS:
@@ -23,7 +23,8 @@ def precision_flags(precision):
         raise StageError(f"train.precision={precision}: mixed precision needs a GPU; use auto or fp32 on CPU")
     # TF32 matmuls on Ampere and newer: a large speed-up for a negligible precision change.
     tf32 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "tf32": tf32 or None}
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "tf32": tf32 or None,
+            "dataloader_pin_memory": torch.cuda.is_available()}
 
 
 def compute_metrics(eval_pred):
@@ -42,7 +43,7 @@ def main():
     parser.add_argument("results_dir", type=Path, help="output: dvclive metrics and plots (results/train)")
     args = parser.parse_args()
     params = load_params("train")
-    flags = precision_flags(params["precision"])
+    flags = device_flags(params["precision"])
 
     from datasets import load_from_disk
     from dvclive import Live

@@ -1,0 +1,93 @@
+"""The whole pipeline under the real dvc CLI: outputs, and which stages a parameter change reruns."""
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import STAGES, dvc, stages_run
+from tests.tiny import set_params
+
+
+def test_repro_produces_every_declared_output(reproduced_project):
+    for path in ["data/raw/pairs.csv", "data/split/train.csv", "data/split/val.csv", "data/encoded/train",
+                 "data/encoded/val", "models/pretrained/model.safetensors", "models/finetuned/model.safetensors",
+                 "models/finetuned/tokenizer.json", "models/model.onnx", "results/train/metrics.json",
+                 "results/export/metrics.json"]:
+        assert (reproduced_project / path).exists(), path
+    assert not (reproduced_project / "models/checkpoints").exists()
+    assert "pickle" not in " ".join(p.name for p in (reproduced_project / "models").rglob("*"))
+    assert not list((reproduced_project / "models").rglob("*.bin"))
+
+
+def test_second_repro_with_nothing_changed_runs_no_stage(project):
+    result = dvc("repro", cwd=project)
+    assert stages_run(result.stdout) == []
+    assert "Data and pipelines are up to date" in result.stdout
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("train", "learning_rate", 5e-4, ["train", "export"]),
+    ("encode", "max_length", 9, ["encode", "train", "export"]),  # short enough to truncate the fixture pairs
+    ("export", "opset", 17, ["export"]),
+    ("split", "seed", 7, ["split", "encode", "train", "export"]),
+])
+def test_param_change_reruns_only_the_stages_after_it(project, section, key, value, expected):
+    set_params(project, {section: {key: value}})
+    result = dvc("repro", cwd=project)
+    assert stages_run(result.stdout) == expected
+    assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
+
+
+def test_params_diff_shows_the_changed_value(project):
+    set_params(project, {"train": {"learning_rate": 5e-4}})
+    diff = json.loads(dvc("params", "diff", "--json", cwd=project).stdout)
+    change = diff["params.yaml"]
+    assert list(change) == ["train.learning_rate"]
+    assert (change["train.learning_rate"]["old"], change["train.learning_rate"]["new"]) == (0.001, 0.0005)
+
+
+def test_metrics_show_reports_training_and_export_metrics(reproduced_project):
+    metrics = json.loads(dvc("metrics", "show", "--json", cwd=reproduced_project).stdout)
+    files = next(iter(metrics.values()))["data"]
+    train = files["results/train/metrics.json"]["data"]
+    export = files["results/export/metrics.json"]["data"]
+    assert 0 <= train["eval"]["accuracy"] <= 1
+    assert train["eval"]["accuracy"] > 0.6, "the fixture's relevance signal should be learned"
+    assert export["max_abs_logit_diff"] <= 1e-4
+
+
+def test_exported_onnx_matches_pytorch_on_new_pairs(reproduced_project):
+    """Independent of the stage's own parity check: fresh pairs, batch sizes 1 and 7, padded rows."""
+    import onnxruntime
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = reproduced_project / "models/finetuned"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    session = onnxruntime.InferenceSession(str(reproduced_project / "models/model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "token_type_ids", "attention_mask"]
+    queries = ["coronavirus vaccine trial", "masks", "bats origin", "children school", "pcr testing", "heart", "drug"]
+    titles = ["Vaccine antibody study", "Face coverings in the kitchen market", "Bats", "Infants", "A", "Cardiac", "x"]
+    for size in (1, 7):
+        batch = tokenizer(queries[:size], titles[:size], padding=True, return_tensors="np")
+        batch = {name: batch[name].astype(np.int64) for name in ("input_ids", "token_type_ids", "attention_mask")}
+        with torch.no_grad():
+            expected = model(**{name: torch.from_numpy(array) for name, array in batch.items()}).logits.numpy()
+        (actual,) = session.run(["logits"], batch)
+        assert actual.shape == (size, 2)
+        np.testing.assert_allclose(actual, expected, atol=1e-4)
+
+
+def test_dvc_yaml_lists_exact_params_per_stage():
+    import yaml
+
+    from tests.tiny import PROJECT_ROOT
+
+    pipeline = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    assert list(pipeline["stages"]) == STAGES
+    declared = [p for stage in pipeline["stages"].values() for p in stage.get("params", [])]
+    assert all(isinstance(p, str) and "." in p for p in declared), "each stage names single params, not files"
+    every_param = {f"{section}.{key}" for section, values in params.items() for key in values}
+    assert sorted(declared) == sorted(every_param), "every param is read by exactly one stage"
