@@ -1,25 +1,66 @@
-"""split: schema checks on the raw CSV and a seeded train/validation split."""
-import pandas as pd
+"""split: schema checks on the raw CSV and seeded group, random and k-fold splits."""
 import pytest
 
 from stages.common import StageError, read_pairs
 from stages.split import split_pairs
 
+HOLDOUT = {"strategy": "group", "val_size": 0.25, "folds": None, "fold": 0, "seed": 3}
 
-def test_split_is_seeded_and_partitions_the_rows(pairs_csv):
+
+def test_group_split_keeps_every_query_on_one_side(pairs_csv):
     pairs = read_pairs(pairs_csv)
-    train_pairs, val_pairs = split_pairs(pairs, 0.2, seed=3)
-    again_train, _ = split_pairs(pairs, 0.2, seed=3)
-    other_train, _ = split_pairs(pairs, 0.2, seed=4)
-    assert len(val_pairs) == round(0.2 * len(pairs)) and len(train_pairs) + len(val_pairs) == len(pairs)
-    assert set(train_pairs.index).isdisjoint(val_pairs.index)
-    assert train_pairs.index.equals(again_train.index) and not train_pairs.index.equals(other_train.index)
+    train_pairs, val_pairs = split_pairs(pairs, HOLDOUT)
+    assert set(train_pairs["query"]).isdisjoint(val_pairs["query"])
+    assert val_pairs["query"].nunique() == round(0.25 * pairs["query"].nunique())
+    assert len(train_pairs) + len(val_pairs) == len(pairs)
 
 
-@pytest.mark.parametrize("val_size", [0, 1, 1.5, 0.001])
-def test_val_size_outside_what_the_rows_allow_is_refused(pairs_csv, val_size):
-    with pytest.raises(StageError, match=f"split.val_size={val_size}"):
-        split_pairs(read_pairs(pairs_csv), val_size, seed=0)
+def test_random_split_is_by_rows_as_in_the_reference_recipe(pairs_csv):
+    pairs = read_pairs(pairs_csv)
+    train_pairs, val_pairs = split_pairs(pairs, {**HOLDOUT, "strategy": "random", "val_size": 0.2})
+    assert len(val_pairs) == round(0.2 * len(pairs)) and set(train_pairs.index).isdisjoint(val_pairs.index)
+    assert set(train_pairs["query"]) & set(val_pairs["query"]), "rows of one query land on both sides"
+
+
+@pytest.mark.parametrize("strategy", ["group", "random"])
+def test_same_params_give_identical_splits_and_another_seed_differs(pairs_csv, strategy):
+    pairs = read_pairs(pairs_csv)
+    params = {**HOLDOUT, "strategy": strategy}
+    first, again, other = (split_pairs(pairs, p)[1] for p in (params, params, {**params, "seed": 4}))
+    assert first.to_csv() == again.to_csv() and first.to_csv() != other.to_csv()
+
+
+@pytest.mark.parametrize("strategy", ["group", "random"])
+def test_folds_partition_the_pairs(pairs_csv, strategy):
+    pairs = read_pairs(pairs_csv)
+    folds = [split_pairs(pairs, {**HOLDOUT, "strategy": strategy, "folds": 4, "fold": k}) for k in range(4)]
+    val_rows = [set(val.index) for _, val in folds]
+    assert sorted(i for rows in val_rows for i in rows) == sorted(pairs.index)
+    for train_pairs, val_pairs in folds:
+        assert set(train_pairs.index).isdisjoint(val_pairs.index)
+        if strategy == "group":
+            assert set(train_pairs["query"]).isdisjoint(val_pairs["query"])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"strategy": "stratified"}, "split.strategy=stratified: expected one of group, random"),
+    ({"val_size": 0}, "split.val_size=0: expected a fraction between 0 and 1"),
+    ({"val_size": 1.5}, "split.val_size=1.5"),
+    ({"folds": 1}, "split.folds=1: expected null"),
+    ({"folds": 50}, "split.folds=50: the data has only 20 distinct queries"),
+    ({"folds": 5, "fold": 5}, "split.fold=5: expected an integer from 0 to 4"),
+    ({"strategy": "random", "val_size": 0.001}, "split.val_size=0.001: 240 rows cannot give"),
+])
+def test_impossible_split_params_are_refused_naming_the_param(pairs_csv, change, message):
+    with pytest.raises(StageError, match=message):
+        split_pairs(read_pairs(pairs_csv), {**HOLDOUT, **change})
+
+
+def test_too_few_queries_for_a_group_split_is_refused(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("query,title,label\nq,a,1\nq,b,0\n")
+    with pytest.raises(StageError, match="split.strategy=group: needs at least 2 distinct queries, the data has 1"):
+        split_pairs(read_pairs(path), HOLDOUT)
 
 
 def test_read_pairs_accepts_bom_quoted_commas_and_extra_columns(tmp_path):
@@ -38,6 +79,7 @@ def test_read_pairs_accepts_bom_quoted_commas_and_extra_columns(tmp_path):
     ("query,title,label\nq,t,1\nq, ,0\n", "row 3: column 'title' is empty"),
     ("query,title,label\nq,t,yes\n", "row 2: column 'label' is 'yes'; expected 0 or 1"),
     ("query,title,label\nq,t,2\n", "row 2: column 'label' is '2'; expected 0 or 1"),
+    ("query,title,label\nq,t,\n", "row 2: column 'label' is ''; expected 0 or 1"),
 ])
 def test_bad_csv_is_refused_naming_file_and_row(tmp_path, content, message):
     path = tmp_path / "pairs.csv"
@@ -49,6 +91,5 @@ def test_bad_csv_is_refused_naming_file_and_row(tmp_path, content, message):
 def test_non_utf8_csv_is_refused(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_bytes(b"query,title,label\nq,caf\xe9,1\n")
-    with pytest.raises(StageError, match="not a readable UTF-8 CSV"):
+    with pytest.raises(StageError, match=f"^{path}: not a readable UTF-8 CSV"):
         read_pairs(path)
-    assert isinstance(pd.read_csv(path, encoding="latin-1"), pd.DataFrame)
