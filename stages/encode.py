@@ -12,14 +12,14 @@ SPLITS = ("train", "val")
 
 
 def encode_pairs(pairs, tokenizer, max_length):
-    """Return an Arrow-backed datasets.Dataset with input_ids, token_type_ids, attention_mask and label."""
+    """Return an Arrow-backed datasets.Dataset: the pairs' query, title and label, plus input_ids,
+    token_type_ids and attention_mask (the Trainer drops the text columns the model does not take)."""
     from datasets import Dataset
 
     dataset = Dataset.from_pandas(pairs, preserve_index=False)
     return dataset.map(
         lambda batch: tokenizer(batch["query"], batch["title"], truncation=True, max_length=max_length),
         batched=True,
-        remove_columns=["query", "title"],
         desc="Tokenizing",
         new_fingerprint=f"encode-{max_length}",  # fixed, so identical inputs give identical files
     )

@@ -1,9 +1,18 @@
-"""train: fine-tune the pretrained BERT as a (query, title) relevance classifier with the transformers Trainer."""
+"""train: fine-tune the pretrained BERT as a (query, title) relevance classifier with the
+transformers Trainer, then evaluate it and a TF-IDF baseline on the validation pairs.
+
+Runs on CPU or one GPU as is. With train.gpus: N > 1 it starts itself under torchrun, one
+process per GPU (the Trainer's distributed data parallel); running
+`torchrun --nproc-per-node N -m stages.train ...` by hand does the same. Only rank 0 writes.
+"""
 import argparse
+import os
 import shutil
+import sys
 from pathlib import Path
 
 from stages.common import LABELS, StageError, atomic_path, load_params, run
+from stages.metrics import write_evaluation
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -27,7 +36,17 @@ def device_flags(precision):
             "dataloader_pin_memory": torch.cuda.is_available()}
 
 
+def launch_distributed(gpus):
+    import torch
+    from torch.distributed.run import main as torchrun
+
+    if gpus > torch.cuda.device_count():
+        raise StageError(f"train.gpus={gpus}: only {torch.cuda.device_count()} GPU(s) visible")
+    torchrun(["--standalone", f"--nproc-per-node={gpus}", "--module", "stages.train", *sys.argv[1:]])
+
+
 def compute_metrics(eval_pred):
+    """Per-epoch metrics for the training curves; the full evaluation runs once after training."""
     from sklearn.metrics import accuracy_score, f1_score
 
     logits, labels = eval_pred
@@ -40,13 +59,17 @@ def main():
     parser.add_argument("encoded_dir", type=Path, help="tokenized train and val datasets (data/encoded)")
     parser.add_argument("pretrained_dir", type=Path, help="pretrained model and tokenizer (models/pretrained)")
     parser.add_argument("model_dir", type=Path, help="output: fine-tuned model and tokenizer (models/finetuned)")
-    parser.add_argument("results_dir", type=Path, help="output: dvclive metrics and plots (results/train)")
+    parser.add_argument("results_dir", type=Path, help="output: dvclive training log and plots (results/train)")
+    parser.add_argument("eval_dir", type=Path, help="output: validation metrics and plots (results/eval)")
     args = parser.parse_args()
     params = load_params("train")
     flags = device_flags(params["precision"])
+    if params["gpus"] > 1 and "LOCAL_RANK" not in os.environ:
+        return launch_distributed(params["gpus"])
 
     from datasets import load_from_disk
     from dvclive import Live
+    from scipy.special import softmax
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments, set_seed)
     from transformers.integrations import DVCLiveCallback
@@ -72,26 +95,35 @@ def main():
         eval_strategy="epoch",
         logging_strategy="epoch",
         save_strategy="no",
-        report_to="none",  # dvclive is attached explicitly below, with dvc.yaml left alone
+        report_to="none",  # dvclive is attached below, on rank 0 only, with dvc.yaml left alone
         **flags,
     )
-    with atomic_path(args.results_dir) as results_dir:
-        trainer = Trainer(
-            model=model,
-            args=training_args,
-            train_dataset=load_from_disk(args.encoded_dir / "train"),
-            eval_dataset=load_from_disk(args.encoded_dir / "val"),
-            processing_class=tokenizer,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=compute_metrics,
-            callbacks=[DVCLiveCallback(live=Live(str(results_dir), dvcyaml=False, report=None))],
-        )
-        trainer.train()
-        if trainer.is_world_process_zero():
-            with atomic_path(args.model_dir) as model_dir:
-                trainer.model.save_pretrained(model_dir)
-                tokenizer.save_pretrained(model_dir)
-    shutil.rmtree(training_args.output_dir, ignore_errors=True)
+    main_process = training_args.process_index == 0
+    train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=[DVCLiveCallback(live=Live(str(args.results_dir), dvcyaml=False, save_dvc_exp=False, report=None))]
+        if main_process else [],
+    )
+    effective_batch_size = training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    if main_process:
+        print(f"train: {len(train_set)} pairs, effective batch size {effective_batch_size} "
+              f"({training_args.world_size} process(es) x {training_args.train_batch_size})")
+    trainer.train()
+    logits = trainer.predict(val_set).predictions  # gathered from every process
+    if main_process:
+        probabilities = softmax(logits.astype("float64"), axis=-1)[:, LABELS.index("relevant")]
+        with atomic_path(args.model_dir) as model_dir:
+            trainer.model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+        write_evaluation(train_set.to_pandas(), val_set.to_pandas(), probabilities, args.eval_dir, effective_batch_size)
+        shutil.rmtree(training_args.output_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ def test_pairs_are_encoded_as_segments_and_truncated_without_padding(tiny_bert):
                           "title": ["vaccine antibody trial study analysis of the cohort", "face"],
                           "label": [1, 0]})
     encoded = encode_pairs(pairs, tokenizer, max_length=8)
-    assert sorted(encoded.column_names) == ["attention_mask", "input_ids", "label", "token_type_ids"]
+    assert sorted(encoded.column_names) == ["attention_mask", "input_ids", "label", "query", "title", "token_type_ids"]
     long_row, short_row = encoded[0], encoded[1]
     assert len(long_row["input_ids"]) == 8
     assert tokenizer.convert_ids_to_tokens(short_row["input_ids"]) == ["[CLS]", "masks", "[SEP]", "face", "[SEP]"]

@@ -1,0 +1,113 @@
+"""Relevance metrics shared by the stages: classification at a threshold, ranking per query,
+and the lexical baseline every run is compared with.
+
+A metric that is undefined on the data at hand (ROC-AUC with one class, ranking metrics with
+no query that has a relevant title) is None, written as null, never NaN.
+"""
+import math
+import warnings
+
+import numpy as np
+
+THRESHOLD = 0.5  # on P(relevant): the same decision as the argmax over the two logits
+RANK_CUTOFF = 10  # nDCG@10 and MRR@10
+PRECISION_CUTOFF = 5  # precision@5
+
+
+def _defined(value):
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def classification_metrics(labels, scores, threshold=THRESHOLD):
+    """ROC-AUC and average precision over all thresholds; with a `threshold` (None for a score with
+    no natural one, such as a similarity) also accuracy, precision, recall and F1 at it."""
+    from sklearn.metrics import accuracy_score, average_precision_score, precision_recall_fscore_support, roc_auc_score
+
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    metrics = {}
+    if threshold is not None:
+        predicted = (scores >= threshold).astype(int)
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            labels, predicted, average="binary", zero_division=np.nan)
+        metrics = {"threshold": float(threshold), "accuracy": _defined(accuracy_score(labels, predicted)),
+                   "precision": _defined(precision), "recall": _defined(recall), "f1": _defined(f1)}
+    both_classes = len(np.unique(labels)) == 2
+    metrics["roc_auc"] = _defined(roc_auc_score(labels, scores)) if both_classes else None
+    metrics["average_precision"] = _defined(average_precision_score(labels, scores)) if labels.any() else None
+    return metrics
+
+
+def rank_titles(labels, scores):
+    """Labels of one query's titles, best score first. Ties are broken pessimistically
+    (irrelevant before relevant), so a model earns nothing from scores it cannot tell apart."""
+    order = np.lexsort((np.asarray(labels), -np.asarray(scores)))
+    return np.asarray(labels)[order]
+
+
+def query_ranking_metrics(ranked):
+    """nDCG@10, MRR@10, average precision and precision@5 for one query's ranked binary labels."""
+    gains = ranked[:RANK_CUTOFF] / np.log2(np.arange(2, min(len(ranked), RANK_CUTOFF) + 2))
+    ideal = np.sort(ranked)[::-1][:RANK_CUTOFF] / np.log2(np.arange(2, min(len(ranked), RANK_CUTOFF) + 2))
+    hits = np.flatnonzero(ranked)
+    first_hit = hits[0] + 1
+    return {
+        f"ndcg@{RANK_CUTOFF}": float(gains.sum() / ideal.sum()),
+        f"mrr@{RANK_CUTOFF}": float(1 / first_hit) if first_hit <= RANK_CUTOFF else 0.0,
+        "map": float(np.mean(np.arange(1, len(hits) + 1) / (hits + 1))),
+        f"precision@{PRECISION_CUTOFF}": float(ranked[:PRECISION_CUTOFF].sum() / PRECISION_CUTOFF),
+    }
+
+
+def ranking_metrics(queries, labels, scores):
+    """Per-query ranking metrics averaged over the queries that have at least one relevant title."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"query": queries, "label": np.asarray(labels), "score": np.asarray(scores)})
+    per_query = [query_ranking_metrics(rank_titles(group["label"], group["score"]))
+                 for _, group in frame.groupby("query", sort=True) if group["label"].any()]
+    names = [f"ndcg@{RANK_CUTOFF}", f"mrr@{RANK_CUTOFF}", "map", f"precision@{PRECISION_CUTOFF}"]
+    result = {name: (float(np.mean([m[name] for m in per_query])) if per_query else None) for name in names}
+    result["queries_ranked"] = len(per_query)
+    result["queries_without_relevant"] = int(frame["query"].nunique()) - len(per_query)
+    return result
+
+
+def relevance_metrics(queries, labels, scores, threshold=THRESHOLD):
+    """Classification and ranking metrics for one scorer, with a warning naming the undefined ones."""
+    metrics = {**classification_metrics(labels, scores, threshold), **ranking_metrics(queries, labels, scores)}
+    undefined = sorted(name for name, value in metrics.items() if value is None)
+    if undefined:
+        warnings.warn(f"undefined on this validation set (written as null): {', '.join(undefined)}", stacklevel=2)
+    return metrics
+
+
+def tfidf_scores(fit_texts, queries, titles):
+    """Cosine similarity of TF-IDF vectors of each query and its title; the vocabulary and IDF
+    come from `fit_texts` (the training pairs), so validation text does not leak into them."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer().fit(fit_texts)
+    query_vectors, title_vectors = vectorizer.transform(queries), vectorizer.transform(titles)
+    return np.asarray(query_vectors.multiply(title_vectors).sum(axis=1)).ravel()
+
+
+def write_evaluation(train_pairs, val_pairs, probabilities, eval_dir, effective_batch_size):
+    """Write the model's and the TF-IDF baseline's metrics, ROC, precision-recall and confusion plots."""
+    from dvclive import Live
+
+    labels, queries = val_pairs["label"], val_pairs["query"]
+    baseline = tfidf_scores([*train_pairs["query"], *train_pairs["title"]], queries, val_pairs["title"])
+    with Live(str(eval_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        if len(set(labels)) == 2:  # ROC and PR curves are undefined with one class
+            live.log_sklearn_plot("roc", labels, probabilities)
+            live.log_sklearn_plot("precision_recall", labels, probabilities)
+        live.log_sklearn_plot("confusion_matrix", labels, [int(p >= THRESHOLD) for p in probabilities])
+        live.summary = {
+            "effective_batch_size": effective_batch_size,
+            "pairs": len(labels),
+            "queries": len(set(queries)),
+            "model": relevance_metrics(queries, labels, probabilities),
+            "tfidf": relevance_metrics(queries, labels, baseline, threshold=None),
+        }
+    return live.summary
