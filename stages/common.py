@@ -71,20 +71,33 @@ def read_pairs(path):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary sibling of `path` to write into; it replaces `path` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+def atomic_paths(*paths):
+    """Yield stand-ins for `paths`, side by side in one scratch folder. On success each replaces
+    its path (removing it when nothing was written); on failure none does, so a stage never
+    leaves half its outputs behind."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{paths[0].name}.", dir=paths[0].parent))
     try:
-        yield tmp
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        tmp.rename(path)
+        stand_ins = [scratch / path.name for path in paths]
+        yield stand_ins
+        for stand_in, path in zip(stand_ins, paths):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            if stand_in.exists():
+                stand_in.rename(path)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """atomic_paths for one path."""
+    with atomic_paths(path) as (stand_in,):
+        yield stand_in
 
 
 def write_json(path, data):

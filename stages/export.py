@@ -1,8 +1,18 @@
-"""export: write the fine-tuned model as ONNX and prove onnxruntime matches PyTorch on real batches."""
+"""export: write the fine-tuned model as ONNX for a search service, prove onnxruntime matches
+PyTorch on real batches, and optionally quantize it to int8 within an ROC-AUC budget.
+
+Beside model.onnx it writes tokenizer.json and metadata.json, everything stages/scorer.py
+(onnxruntime + tokenizers, no torch) needs to score pairs.
+"""
 import argparse
+import shutil
+import subprocess
 from pathlib import Path
 
-from stages.common import StageError, atomic_path, load_params, run, write_json
+import yaml
+
+from stages.common import PARAMS_FILE, StageError, atomic_paths, load_params, run, write_json
+from stages.scorer import METADATA_FILE, TOKENIZER_FILE
 
 INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 PARITY_BATCH_SIZES = (1, 7, 32)
@@ -29,7 +39,7 @@ def logits_only(model):
 
 def parity_batches(dataset, tokenizer):
     """Real validation pairs in batches of several sizes, padded to the longest row (so most rows
-    carry padding), plus one batch padded to the encode length."""
+    carry padding), plus one batch padded past its longest row."""
     from transformers import DataCollatorWithPadding
 
     rows = [{name: dataset[i % len(dataset)][name] for name in INPUT_NAMES} for i in range(max(PARITY_BATCH_SIZES))]
@@ -80,14 +90,62 @@ def max_logit_difference(model, onnx_path, batches):
     return largest
 
 
+def quantize_and_compare(onnx_path, int8_path, val_pairs, max_auc_drop):
+    """Write the int8 model (onnxruntime dynamic quantization) and compare it with the float32 one
+    on the validation pairs; fail when ROC-AUC drops by more than export.max_auc_drop."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from stages.metrics import THRESHOLD, classification_metrics, ranking_metrics
+    from stages.scorer import RelevanceScorer
+
+    quantize_dynamic(onnx_path, int8_path, weight_type=QuantType.QInt8)
+    queries, titles, labels = val_pairs["query"].tolist(), val_pairs["title"].tolist(), val_pairs["label"].to_numpy()
+    scores = {name: RelevanceScorer(path).scores(queries, titles) for name, path in (("fp32", onnx_path), ("int8", int8_path))}
+    comparison = {"decision_agreement": float(((scores["fp32"] >= THRESHOLD) == (scores["int8"] >= THRESHOLD)).mean())}
+    for name, values in scores.items():
+        comparison[f"{name}_roc_auc"] = classification_metrics(labels, values, threshold=None)["roc_auc"]
+        comparison[f"{name}_ndcg@10"] = ranking_metrics(queries, labels, values)["ndcg@10"]
+    defined = comparison["fp32_roc_auc"] is not None
+    comparison["auc_drop"] = comparison["fp32_roc_auc"] - comparison["int8_roc_auc"] if defined else None
+    if defined and comparison["auc_drop"] > max_auc_drop:
+        raise StageError(f"{int8_path.name}: int8 ROC-AUC {comparison['int8_roc_auc']:.4f} is "
+                         f"{comparison['auc_drop']:.4f} below float32's, more than export.max_auc_drop={max_auc_drop}")
+    return comparison
+
+
+def git_revision():
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_metadata(path, model, tokenizer, params, max_length):
+    with open(PARAMS_FILE, encoding="utf-8") as f:
+        all_params = yaml.safe_load(f)
+    write_json(path, {
+        "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
+        "max_length": max_length,
+        "opset": params["opset"],
+        "inputs": list(INPUT_NAMES),
+        "output": "logits",
+        "pad_token": tokenizer.pad_token,
+        "pad_token_id": tokenizer.pad_token_id,
+        "made_by": {"git_revision": git_revision(), "params": all_params},
+    })
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model_dir", type=Path, help="fine-tuned model and tokenizer (models/finetuned)")
-    parser.add_argument("val_dataset", type=Path, help="tokenized validation pairs for the parity check (data/encoded/val)")
-    parser.add_argument("onnx_path", type=Path, help="output ONNX file (models/model.onnx)")
+    parser.add_argument("val_dataset", type=Path, help="tokenized validation pairs for the checks (data/encoded/val)")
+    parser.add_argument("onnx_path", type=Path, help="output ONNX file (models/model.onnx); the int8 model, "
+                        f"{TOKENIZER_FILE} and {METADATA_FILE} go beside it")
     parser.add_argument("metrics_path", type=Path, help="output metrics JSON (results/export/metrics.json)")
     args = parser.parse_args()
     params = load_params("export")
+    max_length = load_params("encode")["max_length"]
 
     import onnx
     from datasets import load_from_disk
@@ -97,9 +155,13 @@ def main():
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model_dir, local_files_only=True, use_safetensors=True, dtype="float32").eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
-    batches = parity_batches(load_from_disk(args.val_dataset), tokenizer)
+    val_set = load_from_disk(args.val_dataset)
+    batches = parity_batches(val_set, tokenizer)
+    models_dir = args.onnx_path.parent
+    int8_path = args.onnx_path.with_suffix(".int8.onnx")
 
-    with atomic_path(args.onnx_path) as onnx_path:
+    outputs = (args.onnx_path, models_dir / TOKENIZER_FILE, models_dir / METADATA_FILE, int8_path)
+    with atomic_paths(*outputs) as (onnx_path, tokenizer_path, metadata_path, int8_tmp):
         export_onnx(model, batches[1], onnx_path, params["opset"])
         onnx.checker.check_model(onnx_path, full_check=True)
         check_opset(onnx_path, params["opset"])
@@ -107,10 +169,12 @@ def main():
         if difference > params["atol"]:
             raise StageError(f"{args.onnx_path}: onnxruntime logits differ from PyTorch by {difference:.3g}, "
                              f"more than export.atol={params['atol']}")
-    write_json(args.metrics_path, {
-        "max_abs_logit_diff": difference,
-        "parity_batches": [list(batch["input_ids"].shape) for batch in batches],
-    })
+        shutil.copyfile(args.model_dir / TOKENIZER_FILE, tokenizer_path)
+        write_metadata(metadata_path, model, tokenizer, params, max_length)
+        metrics = {"max_abs_logit_diff": difference, "parity_batches": [list(b["input_ids"].shape) for b in batches]}
+        if params["quantize"]:
+            metrics["int8"] = quantize_and_compare(onnx_path, int8_tmp, val_set.to_pandas(), params["max_auc_drop"])
+    write_json(args.metrics_path, metrics)
     print(f"export: {args.onnx_path} matches PyTorch within {difference:.3g} (export.atol={params['atol']})")
 
 

@@ -98,7 +98,7 @@ def main():
         report_to="none",  # dvclive is attached below, on rank 0 only, with dvc.yaml left alone
         **flags,
     )
-    main_process = training_args.process_index == 0
+    main_process = training_args.process_index == 0 and os.environ.get("RANK", "0") == "0"
     train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")
     trainer = Trainer(
         model=model,

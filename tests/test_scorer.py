@@ -1,0 +1,112 @@
+"""The deployable model: metadata and int8 beside model.onnx, and the torch-free scorer
+(stages/scorer.py) agreeing with PyTorch, in both its modes."""
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import dvc, run_cli
+from tests.tiny import set_params
+
+PAIRS = [("coronavirus vaccine trial", "Vaccine antibody trial, a cohort study"),
+         ("masks and face coverings", "Football league transfer news"),
+         ("bats origin", "Zoonotic spillover from bats: the origin of the outbreak in patients during the pandemic"),
+         ("heart", "Cardiac")]
+
+
+def pytorch_probabilities(project, queries, titles):
+    """The reference: transformers tokenizer and model from models/finetuned, called by keyword."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = project / "models/finetuned"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    max_length = json.loads((project / "models/metadata.json").read_text())["max_length"]
+    batch = tokenizer(queries, titles, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                       attention_mask=batch["attention_mask"]).logits
+    return torch.softmax(logits, dim=-1)[:, 1].numpy()
+
+
+def run_scorer(project, *args):
+    """Run `python -m stages.scorer ARGS` in a fresh interpreter; report whether torch or transformers got imported."""
+    code = ("import runpy, sys; sys.argv = ['scorer', *sys.argv[1:]]; runpy.run_module('stages.scorer', run_name='__main__');"
+            "print('IMPORTED', [m for m in ('torch', 'transformers') if m in sys.modules], file=sys.stderr)")
+    return run_cli([sys.executable, "-c", code, *map(str, args)], cwd=project, check=False)
+
+
+def test_metadata_describes_the_model_for_consumers(reproduced_project):
+    metadata = json.loads((reproduced_project / "models/metadata.json").read_text())
+    assert metadata["labels"] == ["irrelevant", "relevant"]
+    assert metadata["inputs"] == ["input_ids", "token_type_ids", "attention_mask"] and metadata["output"] == "logits"
+    assert (metadata["max_length"], metadata["opset"], metadata["pad_token"]) == (128, 18, "[PAD]")
+    assert metadata["made_by"]["params"]["train"]["learning_rate"] == 0.001
+    assert metadata["made_by"]["git_revision"]
+
+
+def test_int8_model_is_written_and_compared_with_float32(reproduced_project):
+    int8 = json.loads((reproduced_project / "results/export/metrics.json").read_text())["int8"]
+    assert (reproduced_project / "models/model.int8.onnx").stat().st_size < (reproduced_project / "models/model.onnx").stat().st_size
+    assert int8["auc_drop"] == pytest.approx(int8["fp32_roc_auc"] - int8["int8_roc_auc"])
+    assert int8["auc_drop"] <= 0.05 and 0.9 <= int8["decision_agreement"] <= 1
+    assert 0 < int8["fp32_ndcg@10"] <= 1 and 0 < int8["int8_ndcg@10"] <= 1
+
+
+def test_int8_auc_drop_over_the_budget_fails_export_and_leaves_no_model(project):
+    set_params(project, {"export": {"max_auc_drop": -1.0}})
+    result = dvc("repro", cwd=project, check=False)
+    assert result.returncode != 0
+    assert "more than export.max_auc_drop=-1.0" in result.stderr
+    for name in ("model.onnx", "model.int8.onnx", "tokenizer.json", "metadata.json"):
+        assert not (project / "models" / name).exists(), name
+
+
+def test_scored_pairs_equal_pytorch_without_importing_torch(reproduced_project, tmp_path):
+    input_csv, output_csv = tmp_path / "pairs.csv", tmp_path / "scored.csv"
+    with open(input_csv, "w", newline="") as f:
+        csv.writer(f).writerows([("query", "title", "doc_id"), *[(q, t, i) for i, (q, t) in enumerate(PAIRS)]])
+    result = run_scorer(reproduced_project, "pairs", input_csv, output_csv)
+    assert result.returncode == 0, result.stderr
+    assert "IMPORTED []" in result.stderr
+    with open(output_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["query"], r["title"], r["doc_id"]) for r in rows] == [(q, t, str(i)) for i, (q, t) in enumerate(PAIRS)]
+    expected = pytorch_probabilities(reproduced_project, [q for q, _ in PAIRS], [t for _, t in PAIRS])
+    np.testing.assert_allclose([float(r["relevance"]) for r in rows], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["models/model.onnx", "models/model.int8.onnx"])
+def test_rank_prints_the_top_titles_best_first(reproduced_project, tmp_path, model):
+    titles = [title for _, title in PAIRS]
+    titles_file = tmp_path / "titles.txt"
+    titles_file.write_text("\n".join(titles) + "\n\n")
+    result = run_scorer(reproduced_project, "--model", model, "rank", "coronavirus vaccine trial", titles_file, "--top-k", 3)
+    assert result.returncode == 0, result.stderr
+    assert "IMPORTED []" in result.stderr
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    assert [int(position) for position, _, _ in lines] == [1, 2, 3]
+    scores = [float(score) for _, score, _ in lines]
+    assert scores == sorted(scores, reverse=True)
+    expected = pytorch_probabilities(reproduced_project, ["coronavirus vaccine trial"] * len(titles), titles)
+    top = [titles[i] for i in np.argsort(-expected)[:3]]
+    if model.endswith("model.onnx"):
+        assert [title for _, _, title in lines] == top
+        np.testing.assert_allclose(scores, np.sort(expected)[::-1][:3], atol=1e-4)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "file is empty; expected a header with query,title"),
+    ("query,name\nq,t\n", "missing column(s) title; expected query,title"),
+    ("query,title\n", "no rows after the header"),
+])
+def test_bad_pairs_file_is_refused_in_one_line_and_writes_nothing(reproduced_project, tmp_path, content, message):
+    input_csv, output_csv = tmp_path / "pairs.csv", tmp_path / "scored.csv"
+    input_csv.write_text(content)
+    result = run_scorer(reproduced_project, "pairs", input_csv, output_csv)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: {input_csv}: {message}"
+    assert list(tmp_path.iterdir()) == [input_csv]
