@@ -31,6 +31,28 @@ def check_params(params, n_queries):
         raise StageError(f"split.fold={fold}: expected an integer from 0 to {folds - 1} (split.folds={folds})")
 
 
+def drop_duplicates(pairs, path):
+    """Drop repeated (query, title) pairs; the same pair with two labels is an error naming both rows."""
+    labels_per_pair = pairs.groupby(["query", "title"])["label"].nunique()
+    conflicting = labels_per_pair[labels_per_pair > 1]
+    if len(conflicting):
+        query, title = conflicting.index[0]
+        rows = pairs.index[(pairs["query"] == query) & (pairs["title"] == title)] + 2  # 1-based, after the header
+        raise StageError(f"{path}: rows {rows[0]} and {rows[-1]} label the same pair ({query!r}, {title!r}) "
+                         f"differently; fix one of them")
+    unique = pairs.drop_duplicates(subset=["query", "title"])
+    if len(unique) < len(pairs):
+        print(f"split: dropped {len(pairs) - len(unique)} duplicate (query, title) pair(s) from {path}")
+    return unique
+
+
+def check_both_classes(pairs, where):
+    present = set(pairs["label"])
+    if present != {0, 1}:
+        (only,) = present
+        raise StageError(f"{where}: every pair has label {only}; a classifier needs relevant (1) and irrelevant (0) pairs")
+
+
 def split_pairs(pairs, params):
     """Return (train_pairs, val_pairs), the same for the same pairs and params."""
     from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, train_test_split
@@ -60,8 +82,10 @@ def main():
     args = parser.parse_args()
     params = load_params("split")
 
-    pairs = read_pairs(args.raw_csv)
+    pairs = drop_duplicates(read_pairs(args.raw_csv), args.raw_csv)
+    check_both_classes(pairs, args.raw_csv)
     train_pairs, val_pairs = split_pairs(pairs, params)
+    check_both_classes(train_pairs, f"the training set split from {args.raw_csv} (split.seed={params['seed']})")
     with atomic_path(args.split_dir) as split_dir:
         split_dir.mkdir()
         train_pairs.to_csv(split_dir / "train.csv", index=False)

@@ -8,7 +8,76 @@ import pytest
 from stages.common import StageError
 from stages.download import check_sha256, fetch_csv, fetch_model
 from tests.conftest import run_cli
+from tests.http_server import BODY, FlakyServer, Handler
 from tests.tiny import set_params
+
+
+def run_download(project, *options):
+    return run_cli([sys.executable, "-m", "stages.download", "data/raw", "models/pretrained", *options], project, check=False)
+
+
+def assert_nothing_written(project):
+    assert not (project / "data/raw").exists() and not (project / "models/pretrained").exists()
+    assert not list((project / "data").glob(".raw.*")), "no scratch folder left behind"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FlakyServer() as url:
+        yield url
+
+
+@pytest.mark.parametrize("path", ["/good.csv", "/slow.csv", "/flaky.csv"])
+def test_http_download_completes_through_slow_and_transient_failures(fresh_project, server, path):
+    set_params(fresh_project, {"data": {"url": server + path, "sha256": hashlib.sha256(BODY).hexdigest()}})
+    result = run_download(fresh_project, "--timeout", "1")
+    assert result.returncode == 0, result.stderr
+    assert (fresh_project / "data/raw/pairs.csv").read_bytes() == BODY
+    if path == "/flaky.csv":
+        assert "HTTP 503" in result.stderr and "retrying in 1 s (1/3)" in result.stderr
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    ("/missing.csv", "HTTP 404 Not Found"),
+    ("/truncated.csv", "cannot download (IncompleteRead("),
+    ("/stalled.csv", "cannot download (timed out)"),
+])
+def test_failed_http_download_names_the_url_and_writes_nothing(fresh_project, server, path, reason):
+    url = server + path
+    set_params(fresh_project, {"data": {"url": url}})
+    result = run_download(fresh_project, "--timeout", "1", "--retries", "1")
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: data.url={url}: {reason}")
+    assert error.endswith("set data.url in params.yaml to a local CSV path or file:// URL to run offline")
+    assert Handler.hits[path] == (1 if path == "/missing.csv" else 2), "only transient failures are retried"
+    assert_nothing_written(fresh_project)
+
+
+def test_checksum_mismatch_prints_both_hashes_and_writes_nothing(fresh_project, pairs_csv):
+    actual = hashlib.sha256(pairs_csv.read_bytes()).hexdigest()
+    set_params(fresh_project, {"data": {"sha256": "ab" * 32}})
+    result = run_download(fresh_project)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data.url={pairs_csv}: sha256 is {actual}, but data.sha256 expects {'ab' * 32}")
+    assert_nothing_written(fresh_project)
+
+
+@pytest.mark.parametrize(("remove", "message"), [
+    ("config.json", "no config.json in"),
+    ("tokenizer", "cannot load its tokenizer"),
+])
+def test_model_folder_missing_config_or_tokenizer_fails_at_download(fresh_project, tiny_bert, tmp_path, remove, message):
+    broken = shutil.copytree(tiny_bert, tmp_path / "broken-model")
+    for name in (["config.json"] if remove == "config.json" else ["tokenizer.json", "tokenizer_config.json", "vocab.txt"]):
+        (broken / name).unlink()
+    set_params(fresh_project, {"model": {"name": str(broken)}})
+    result = run_download(fresh_project)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"error: model.name={broken}: {message}")
+    assert_nothing_written(fresh_project)
 
 
 def test_csv_is_copied_from_a_local_path_or_file_url(pairs_csv, tmp_path):
@@ -39,15 +108,15 @@ def test_model_without_safetensors_weights_is_refused(tiny_bert, tmp_path):
     assert not (tmp_path / "pretrained").exists()
 
 
-def test_unreachable_url_fails_in_one_line_naming_it_and_leaves_no_output(fresh_project):
+def test_refused_connection_fails_at_once_in_one_line_naming_the_url(fresh_project):
     url = "http://127.0.0.1:9/cord19.csv"  # the discard port: connection refused
     set_params(fresh_project, {"data": {"url": url}})
-    result = run_cli([sys.executable, "-m", "stages.download", "data/raw", "models/pretrained"], fresh_project, check=False)
+    result = run_download(fresh_project)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: data.url={url}: cannot download ([Errno 111] Connection refused); "
         "set data.url in params.yaml to a local CSV path or file:// URL to run offline"]
-    assert not (fresh_project / "data/raw").exists() and not (fresh_project / "models/pretrained").exists()
+    assert_nothing_written(fresh_project)
 
 
 def test_unreachable_hub_fails_in_one_line_naming_the_model(fresh_project, tmp_path):
@@ -59,4 +128,4 @@ def test_unreachable_hub_fails_in_one_line_naming_the_model(fresh_project, tmp_p
     assert line.startswith("error: model.name=google/bert_uncased_L-4_H-512_A-8 (revision main): cannot fetch")
     assert line.endswith("set model.name in params.yaml to a local folder with config.json, tokenizer files "
                          "and model.safetensors to run offline")
-    assert not (fresh_project / "data/raw").exists() and not (fresh_project / "models/pretrained").exists()
+    assert_nothing_written(fresh_project)

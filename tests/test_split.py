@@ -1,8 +1,12 @@
 """split: schema checks on the raw CSV and seeded group, random and k-fold splits."""
+import sys
+
+import pandas as pd
 import pytest
 
 from stages.common import StageError, read_pairs
 from stages.split import split_pairs
+from tests.conftest import run_cli
 
 HOLDOUT = {"strategy": "group", "val_size": 0.25, "folds": None, "fold": 0, "seed": 3}
 
@@ -63,33 +67,61 @@ def test_too_few_queries_for_a_group_split_is_refused(tmp_path):
         split_pairs(read_pairs(path), HOLDOUT)
 
 
-def test_read_pairs_accepts_bom_quoted_commas_and_extra_columns(tmp_path):
-    path = tmp_path / "pairs.csv"
-    path.write_bytes('\ufeffquery,title,label,source\ncovid masks,"Masks, respirators and\nface coverings",1,x\n'
-                     .encode("utf-8"))
-    pairs = read_pairs(path)
-    assert list(pairs.columns) == ["query", "title", "label"]
-    assert pairs.loc[0, "title"] == "Masks, respirators and\nface coverings" and pairs.loc[0, "label"] == 1
+def test_split_stage_accepts_bom_quoted_commas_and_newlines_and_extra_columns(fresh_project):
+    rows = ['\ufeffquery,title,label,source', 'covid masks,"Masks, respirators and\nface coverings",1,x',
+            "covid masks,Football league,0,y", "bats,Bats and spillover,1,z", "bats,Cooking recipes,0,w",
+            "vaccine,Vaccine trial,1,v", "vaccine,Stock market,0,u", "heart,Cardiac study,1,t", "heart,Galaxy orbit,0,s"]
+    result = run_split(fresh_project, "\n".join(rows) + "\n")
+    assert result.returncode == 0, result.stderr
+    split = pd.concat([read_pairs(fresh_project / "data/split" / name) for name in ("train.csv", "val.csv")])
+    assert list(split.columns) == ["query", "title", "label"] and len(split) == 8
+    assert "Masks, respirators and\nface coverings" in set(split["title"])
+
+
+def run_split(project, content):
+    """Run the real split stage on `content` as data/raw/pairs.csv."""
+    raw = project / "data/raw/pairs.csv"
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return run_cli([sys.executable, "-m", "stages.split", "data/raw/pairs.csv", "data/split"], project, check=False)
 
 
 @pytest.mark.parametrize(("content", "message"), [
     ("", "file is empty"),
     ("query,title,label\n", "no rows after the header"),
-    ("query,label\nq,1\n", "missing column\\(s\\) title"),
+    ("query,label\nq,1\n", "missing column(s) title; expected query,title,label"),
+    ("title,label\nt,1\n", "missing column(s) query; expected query,title,label"),
+    ("query,title\nq,t\n", "missing column(s) label; expected query,title,label"),
     ("query,title,label\nq,t,1\nq, ,0\n", "row 3: column 'title' is empty"),
+    ("query,title,label\nq,t,1\n  ,t,0\n", "row 3: column 'query' is empty"),
     ("query,title,label\nq,t,yes\n", "row 2: column 'label' is 'yes'; expected 0 or 1"),
     ("query,title,label\nq,t,2\n", "row 2: column 'label' is '2'; expected 0 or 1"),
+    ("query,title,label\nq,t,1.5\n", "row 2: column 'label' is '1.5'; expected 0 or 1"),
     ("query,title,label\nq,t,\n", "row 2: column 'label' is ''; expected 0 or 1"),
+    (b"query,title,label\nq,caf\xe9,1\n", "not a readable UTF-8 CSV"),
+    ("query,title,label\nq,a,1\nq,b,0\nr,a,0\nq,a,0\n", "rows 2 and 5 label the same pair ('q', 'a') differently"),
+    ("query,title,label\nq,a,0\nq,b,0\nr,c,0\n", "every pair has label 0; a classifier needs relevant (1) and irrelevant (0) pairs"),
 ])
-def test_bad_csv_is_refused_naming_file_and_row(tmp_path, content, message):
-    path = tmp_path / "pairs.csv"
-    path.write_text(content)
-    with pytest.raises(StageError, match=f"^{path}: {message}"):
-        read_pairs(path)
+def test_bad_csv_stops_the_split_stage_naming_file_and_row(fresh_project, content, message):
+    result = run_split(fresh_project, content)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: data/raw/pairs.csv: {message}")
+    assert not (fresh_project / "data/split").exists()
 
 
-def test_non_utf8_csv_is_refused(tmp_path):
-    path = tmp_path / "pairs.csv"
+def test_duplicate_pairs_are_dropped_and_counted(fresh_project, pairs_csv):
+    rows = pairs_csv.read_text().splitlines()
+    result = run_split(fresh_project, "\n".join([*rows, *rows[1:4]]) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert "split: dropped 3 duplicate (query, title) pair(s) from data/raw/pairs.csv" in result.stdout
+    written = sum(len(path.read_text().splitlines()) - 1 for path in (fresh_project / "data/split").glob("*.csv"))
+    assert written == len(rows) - 1
+
+
+def test_read_pairs_is_the_one_reader_of_pair_csvs(tmp_path):
+    """encode reads the split files with the same checks."""
+    path = tmp_path / "val.csv"
     path.write_bytes(b"query,title,label\nq,caf\xe9,1\n")
     with pytest.raises(StageError, match=f"^{path}: not a readable UTF-8 CSV"):
         read_pairs(path)
