@@ -4,6 +4,7 @@ Every later stage reads only these outputs, so only this stage needs the network
 """
 import argparse
 import hashlib
+import re
 import http.client
 import shutil
 import socket
@@ -80,12 +81,16 @@ def fetch_model(name, revision, dest):
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+        if not re.fullmatch(r"[0-9a-f]{40}", revision):
+            print(f"download: warning: model.revision={revision} is a moving ref; pin the commit hash printed "
+                  f"below in params.yaml so the same params always give the same model", file=sys.stderr)
         try:
             source = Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=MODEL_FILES))
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
             hint = OFFLINE_HINT.format(param="model.name", what="folder with config.json, tokenizer files and model.safetensors")
             first_line = str(err).strip().splitlines()[0]
             raise StageError(f"model.name={name} (revision {revision}): cannot fetch from the Hugging Face hub ({first_line}); {hint}") from None
+        print(f"download: {name} at revision {revision} is commit {source.name}")  # snapshots/<commit hash>
     for required in ("config.json", "*.safetensors"):
         if not any(source.glob(required)):
             raise StageError(f"model.name={name}: no {required} in {source}; weights are loaded from safetensors only")

@@ -6,6 +6,8 @@ process per GPU (the Trainer's distributed data parallel); running
 `torchrun --nproc-per-node N -m stages.train ...` by hand does the same. Only rank 0 writes.
 """
 import argparse
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -45,6 +47,33 @@ def launch_distributed(gpus):
     torchrun(["--standalone", f"--nproc-per-node={gpus}", "--module", "stages.train", *sys.argv[1:]])
 
 
+def run_fingerprint(params, data_files):
+    """What a checkpoint must match to be resumed: the train params and the bytes of its inputs."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for path in sorted(data_files):
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def checkpoint_to_resume(checkpoints, fingerprint, main_process):
+    """The last checkpoint of an interrupted run with the same fingerprint, else None; the main
+    process then clears what a different run left behind."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    stamp = checkpoints / "run.json"
+    if stamp.exists() and json.loads(stamp.read_text())["fingerprint"] == fingerprint:
+        last = get_last_checkpoint(str(checkpoints))
+        if last:
+            return last
+    if not main_process:
+        return None
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.mkdir(parents=True)
+    stamp.write_text(json.dumps({"fingerprint": fingerprint}))
+    return None
+
+
 def compute_metrics(eval_pred):
     """Per-epoch metrics for the training curves; the full evaluation runs once after training."""
     from sklearn.metrics import accuracy_score, f1_score
@@ -59,6 +88,8 @@ def main():
     parser.add_argument("encoded_dir", type=Path, help="tokenized train and val datasets (data/encoded)")
     parser.add_argument("pretrained_dir", type=Path, help="pretrained model and tokenizer (models/pretrained)")
     parser.add_argument("model_dir", type=Path, help="output: fine-tuned model and tokenizer (models/finetuned)")
+    parser.add_argument("checkpoints", type=Path, help="output kept between runs: the Trainer's checkpoints, "
+                        "empty after a completed run (models/checkpoints)")
     parser.add_argument("results_dir", type=Path, help="output: dvclive training log and plots (results/train)")
     parser.add_argument("eval_dir", type=Path, help="output: validation metrics and plots (results/eval)")
     args = parser.parse_args()
@@ -84,7 +115,7 @@ def main():
         model.base_model.requires_grad_(False)
 
     training_args = TrainingArguments(
-        output_dir=str(args.model_dir.with_name("checkpoints")),  # scratch space; save_strategy="no" keeps it empty
+        output_dir=str(args.checkpoints),
         num_train_epochs=params["epochs"],
         per_device_train_batch_size=params["batch_size"],
         per_device_eval_batch_size=params["eval_batch_size"],
@@ -94,11 +125,21 @@ def main():
         seed=params["seed"],
         eval_strategy="epoch",
         logging_strategy="epoch",
-        save_strategy="no",
+        save_strategy="epoch" if params["resume"] else "no",
+        save_total_limit=1,
         report_to="none",  # dvclive is attached below, on rank 0 only, with dvc.yaml left alone
         **flags,
     )
     main_process = training_args.process_index == 0 and os.environ.get("RANK", "0") == "0"
+    resume_from = None
+    with training_args.main_process_first(desc="checkpoint check"):
+        if params["resume"]:
+            fingerprint = run_fingerprint(params, [*args.encoded_dir.glob("*/*.arrow"), *args.pretrained_dir.glob("*.safetensors")])
+            resume_from = checkpoint_to_resume(args.checkpoints, fingerprint, main_process)
+        elif main_process:
+            shutil.rmtree(args.checkpoints, ignore_errors=True)
+    if resume_from and main_process:
+        print(f"train: resuming the interrupted run from {resume_from}")
     train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")
     trainer = Trainer(
         model=model,
@@ -115,7 +156,7 @@ def main():
     if main_process:
         print(f"train: {len(train_set)} pairs, effective batch size {effective_batch_size} "
               f"({training_args.world_size} process(es) x {training_args.train_batch_size})")
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
     logits = trainer.predict(val_set).predictions  # gathered from every process
     if main_process:
         probabilities = softmax(logits.astype("float64"), axis=-1)[:, LABELS.index("relevant")]
@@ -123,7 +164,8 @@ def main():
             trainer.model.save_pretrained(model_dir)
             tokenizer.save_pretrained(model_dir)
         write_evaluation(train_set.to_pandas(), val_set.to_pandas(), probabilities, args.eval_dir, effective_batch_size)
-        shutil.rmtree(training_args.output_dir, ignore_errors=True)
+        shutil.rmtree(args.checkpoints, ignore_errors=True)  # the run completed: nothing to resume
+        args.checkpoints.mkdir(parents=True)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,8 @@ def test_unreachable_hub_fails_in_one_line_naming_the_model(fresh_project, tmp_p
     result = run_cli([sys.executable, "-m", "stages.download", "data/raw", "models/pretrained"], fresh_project,
                      check=False, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf-home"))
     assert result.returncode == 1
-    (line,) = result.stderr.strip().splitlines()
+    warning, line = result.stderr.strip().splitlines()
+    assert warning.startswith("download: warning: model.revision=main is a moving ref; pin the commit hash")
     assert line.startswith("error: model.name=google/bert_uncased_L-4_H-512_A-8 (revision main): cannot fetch")
     assert line.endswith("set model.name in params.yaml to a local folder with config.json, tokenizer files "
                          "and model.safetensors to run offline")

@@ -16,7 +16,7 @@ def test_repro_produces_every_declared_output(reproduced_project):
                  "models/tokenizer.json", "models/metadata.json", "results/train/metrics.json",
                  "results/eval/metrics.json", "results/export/metrics.json"]:
         assert (reproduced_project / path).exists(), path
-    assert not (reproduced_project / "models/checkpoints").exists()
+    assert not list((reproduced_project / "models/checkpoints").iterdir()), "no checkpoints left after a run"
     assert "pickle" not in " ".join(p.name for p in (reproduced_project / "models").rglob("*"))
     assert not list((reproduced_project / "models").rglob("*.bin"))
 

@@ -30,3 +30,28 @@ def test_metrics_from_logits():
     metrics = compute_metrics((logits, labels))
     assert metrics["accuracy"] == 0.75
     assert metrics["f1"] == pytest.approx(0.8)  # precision 1, recall 2/3
+
+
+def test_only_checkpoints_of_the_same_run_are_resumed(tmp_path):
+    from stages.train import checkpoint_to_resume
+
+    checkpoints = tmp_path / "checkpoints"
+    assert checkpoint_to_resume(checkpoints, "run-a", main_process=True) is None
+    (checkpoints / "checkpoint-12").mkdir()  # what the Trainer saves after an epoch
+    assert checkpoint_to_resume(checkpoints, "run-a", main_process=True) == str(checkpoints / "checkpoint-12")
+    assert checkpoint_to_resume(checkpoints, "run-b", main_process=False) is None
+    assert (checkpoints / "checkpoint-12").exists(), "only the main process clears"
+    assert checkpoint_to_resume(checkpoints, "run-b", main_process=True) is None
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["run.json"]
+
+
+def test_run_fingerprint_changes_with_params_and_data(tmp_path):
+    from stages.train import run_fingerprint
+
+    data = tmp_path / "data.arrow"
+    data.write_bytes(b"pairs")
+    first = run_fingerprint({"learning_rate": 1e-3}, [data])
+    assert first == run_fingerprint({"learning_rate": 1e-3}, [data])
+    assert first != run_fingerprint({"learning_rate": 5e-4}, [data])
+    data.write_bytes(b"other pairs")
+    assert first != run_fingerprint({"learning_rate": 1e-3}, [data])

@@ -1,0 +1,76 @@
+"""Interrupted and concurrent runs: a killed training leaves nothing the next `dvc repro` trips
+over, train.resume continues from the Trainer's last checkpoint to the same result, and DVC's
+lock refuses a second run while one is going."""
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import dvc, pipeline_env, stages_run
+from tests.tiny import set_params
+
+
+def start_repro(project, log):
+    """`dvc repro` in its own process group, so a signal reaches dvc and the stage it runs, as Ctrl-C would.
+    The last run's training log goes first, so that waiting for its files waits for this run."""
+    shutil.rmtree(project / "results/train")
+    return subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=pipeline_env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(pattern, project, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not glob.glob(str(project / pattern)):
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline, f"no {pattern} after {timeout} s"
+        time.sleep(0.05)
+
+
+def test_interrupted_training_leaves_a_workspace_the_next_repro_runs_cleanly(project, tmp_path):
+    """Ctrl-C (SIGINT) here; the resume test below does the same after a SIGKILL."""
+    set_params(project, {"train": {"learning_rate": 5e-4, "epochs": 200}})
+    lock_before = (project / "dvc.lock").read_text()
+    with open(tmp_path / "run.log", "w") as log:
+        run = start_repro(project, log)
+        wait_for("results/train/plots/metrics/loss.tsv", project, run)  # an epoch has been logged
+        os.killpg(run.pid, signal.SIGINT)
+        assert run.wait(timeout=60) != 0
+    assert (project / "dvc.lock").read_text() == lock_before, "an interrupted run must not be recorded"
+
+    set_params(project, {"train": {"epochs": 20}})
+    result = dvc("repro", cwd=project)
+    assert stages_run(result.stdout) == ["train", "export"]
+    assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
+    assert not list((project / "models/checkpoints").iterdir())
+
+
+def test_resumed_training_ends_where_an_uninterrupted_run_does(project, reproduced_project, tmp_path):
+    set_params(project, {"train": {"resume": True}})
+    with open(tmp_path / "run.log", "w") as log:
+        run = start_repro(project, log)
+        wait_for("models/checkpoints/checkpoint-*/trainer_state.json", project, run)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+    assert glob.glob(str(project / "models/checkpoints/checkpoint-*")), "the checkpoint survives the kill"
+
+    result = dvc("repro", cwd=project)
+    assert "train: resuming the interrupted run from models/checkpoints/checkpoint-" in result.stdout
+    # Same params and seed as the uninterrupted reference run (resume only adds checkpoints).
+    reference = reproduced_project / "results/eval/metrics.json"
+    assert (project / "results/eval/metrics.json").read_text() == reference.read_text()
+    assert not list((project / "models/checkpoints").iterdir()), "a completed run leaves nothing to resume"
+
+
+def test_a_second_repro_is_refused_while_one_runs(project, tmp_path):
+    set_params(project, {"train": {"learning_rate": 5e-4}})
+    with open(tmp_path / "run.log", "w") as log:
+        first = start_repro(project, log)
+        wait_for("results/train/plots/metrics/loss.tsv", project, first)
+        second = dvc("repro", cwd=project, check=False)
+        assert first.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()
+    assert second.returncode != 0
+    assert "is busy, it is being blocked by" in second.stderr  # DVC's lock on the stage's outputs
+    assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
