@@ -102,7 +102,7 @@ def main():
     from dvclive import Live
     from scipy.special import softmax
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+                              TrainingArguments, default_data_collator, set_seed)
     from transformers.integrations import DVCLiveCallback
 
     set_seed(params["seed"])
@@ -113,6 +113,7 @@ def main():
     )
     if params["freeze_base"]:
         model.base_model.requires_grad_(False)
+    cached = params["freeze_base"] and params["cache_features"]
 
     training_args = TrainingArguments(
         output_dir=str(args.checkpoints),
@@ -126,6 +127,8 @@ def main():
         eval_strategy="epoch",
         logging_strategy="epoch",
         save_strategy="epoch" if params["resume"] else "no",
+        # Batches of similar lengths (dynamic padding then pads little); only for token inputs.
+        train_sampling_strategy="group_by_length" if params["group_by_length"] and not cached else "random",
         save_total_limit=1,
         report_to="none",  # dvclive is attached below, on rank 0 only, with dvc.yaml left alone
         **flags,
@@ -141,13 +144,22 @@ def main():
     if resume_from and main_process:
         print(f"train: resuming the interrupted run from {resume_from}")
     train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")
+    if cached:
+        from stages.frozen import classification_head, feature_dataset, pooled_features
+
+        batch_size, device = params["eval_batch_size"], training_args.device
+        trained, collator = classification_head(model), default_data_collator  # stacks the features
+        train_inputs = feature_dataset(pooled_features(model, train_set, tokenizer, batch_size, device), train_set["label"])
+        val_inputs = feature_dataset(pooled_features(model, val_set, tokenizer, batch_size, device), val_set["label"])
+    else:
+        trained, collator, train_inputs, val_inputs = model, DataCollatorWithPadding(tokenizer), train_set, val_set
     trainer = Trainer(
-        model=model,
+        model=trained,
         args=training_args,
-        train_dataset=train_set,
-        eval_dataset=val_set,
+        train_dataset=train_inputs,
+        eval_dataset=val_inputs,
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collator,
         compute_metrics=compute_metrics,
         callbacks=[DVCLiveCallback(live=Live(str(args.results_dir), dvcyaml=False, save_dvc_exp=False, report=None))]
         if main_process else [],
@@ -157,11 +169,11 @@ def main():
         print(f"train: {len(train_set)} pairs, effective batch size {effective_batch_size} "
               f"({training_args.world_size} process(es) x {training_args.train_batch_size})")
     trainer.train(resume_from_checkpoint=resume_from)
-    logits = trainer.predict(val_set).predictions  # gathered from every process
+    logits = trainer.predict(val_inputs).predictions  # gathered from every process
     if main_process:
         probabilities = softmax(logits.astype("float64"), axis=-1)[:, LABELS.index("relevant")]
         with atomic_path(args.model_dir) as model_dir:
-            trainer.model.save_pretrained(model_dir)
+            model.save_pretrained(model_dir)  # with the head trained in place when features were cached
             tokenizer.save_pretrained(model_dir)
         write_evaluation(train_set.to_pandas(), val_set.to_pandas(), probabilities, args.eval_dir, effective_batch_size)
         shutil.rmtree(args.checkpoints, ignore_errors=True)  # the run completed: nothing to resume

@@ -1,0 +1,55 @@
+"""Frozen base with cached features: the head trained on features computed once is the model's
+own head, and the saved model predicts exactly what was evaluated."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, load_from_disk
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from stages.frozen import classification_head, pooled_features
+from stages.metrics import classification_metrics
+from tests.conftest import dvc, stages_run
+from tests.tiny import set_params
+
+
+def test_head_on_cached_features_equals_the_full_model_in_eval_mode(tiny_bert):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).eval()
+    pairs = tokenizer(["covid masks", "bats origin", "heart"], ["Face masks in schools", "Bats", "Cardiac study of the heart"])
+    dataset = Dataset.from_dict(dict(pairs))
+    head = classification_head(model).eval()
+    with torch.no_grad():
+        cached = head(pooled_output=torch.from_numpy(pooled_features(model, dataset, tokenizer, 2, "cpu"))).logits
+        padded = tokenizer.pad(dict(pairs), return_tensors="pt")
+        full = model(**padded).logits
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_training_the_head_trains_the_models_classifier(tiny_bert):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    head = classification_head(model)
+    before = model.classifier.weight.detach().clone()
+    optimizer = torch.optim.SGD(head.parameters(), lr=1.0)
+    head(pooled_output=torch.randn(4, model.config.hidden_size), labels=torch.tensor([0, 1, 1, 0])).loss.backward()
+    optimizer.step()
+    assert not torch.equal(model.classifier.weight, before)
+
+
+def test_frozen_base_run_keeps_the_encoder_and_saves_what_it_evaluated(project):
+    set_params(project, {"train": {"freeze_base": True, "cache_features": True}})
+    assert stages_run(dvc("repro", cwd=project).stdout) == ["train", "export"]
+    pretrained = AutoModelForSequenceClassification.from_pretrained(project / "models/pretrained", num_labels=2)
+    finetuned = AutoModelForSequenceClassification.from_pretrained(project / "models/finetuned").eval()
+    for (name, frozen), (_, saved) in zip(pretrained.base_model.named_parameters(), finetuned.base_model.named_parameters()):
+        assert torch.equal(frozen, saved), name
+
+    val_set = load_from_disk(project / "data/encoded/val")
+    tokenizer = AutoTokenizer.from_pretrained(project / "models/finetuned")
+    batch = tokenizer.pad({k: val_set[k] for k in ("input_ids", "token_type_ids", "attention_mask")}, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = torch.softmax(finetuned(**batch).logits, dim=-1)[:, 1].numpy()
+    evaluated = json.loads((project / "results/eval/metrics.json").read_text())["model"]
+    assert classification_metrics(np.array(val_set["label"]), probabilities)["roc_auc"] == pytest.approx(evaluated["roc_auc"])
