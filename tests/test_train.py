@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stages.common import StageError
-from stages.train import compute_metrics, device_flags
+from stages.training import compute_metrics, device_flags
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU choice")
@@ -33,7 +33,7 @@ def test_metrics_from_logits():
 
 
 def test_only_checkpoints_of_the_same_run_are_resumed(tmp_path):
-    from stages.train import checkpoint_to_resume
+    from stages.training import checkpoint_to_resume
 
     checkpoints = tmp_path / "checkpoints"
     assert checkpoint_to_resume(checkpoints, "run-a", main_process=True) is None
@@ -46,7 +46,7 @@ def test_only_checkpoints_of_the_same_run_are_resumed(tmp_path):
 
 
 def test_run_fingerprint_changes_with_params_and_data(tmp_path):
-    from stages.train import run_fingerprint
+    from stages.training import run_fingerprint
 
     data = tmp_path / "data.arrow"
     data.write_bytes(b"pairs")

@@ -1,0 +1,109 @@
+"""How the train stage trains: the Trainer's arguments from params.yaml, the Trainer itself
+(tokenized pairs, or cached features for a frozen base), and resumable checkpoints. Shared by
+stages/train.py and the benchmark, so both measure and run the same thing."""
+import hashlib
+import json
+import shutil
+
+from stages.common import StageError
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def device_flags(precision):
+    """TrainingArguments flags for train.precision and the device: `auto` picks bf16, then fp16 on a GPU, fp32 on CPU."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise StageError(f"train.precision={precision}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if not torch.cuda.is_available():
+            precision = "fp32"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision != "fp32" and not torch.cuda.is_available():
+        raise StageError(f"train.precision={precision}: mixed precision needs a GPU; use auto or fp32 on CPU")
+    # TF32 matmuls on Ampere and newer: a large speed-up for a negligible precision change.
+    tf32 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "tf32": tf32 or None,
+            "dataloader_pin_memory": torch.cuda.is_available()}
+
+
+def compute_metrics(eval_pred):
+    """Per-epoch metrics for the training curves; the full evaluation runs once after training."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits, labels = eval_pred
+    predictions = logits.argmax(axis=-1)
+    return {"accuracy": accuracy_score(labels, predictions), "f1": f1_score(labels, predictions, zero_division=0.0)}
+
+
+def training_arguments(params, output_dir):
+    from transformers import TrainingArguments
+
+    cached = params["freeze_base"] and params["cache_features"]
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=params["epochs"],
+        per_device_train_batch_size=params["batch_size"],
+        per_device_eval_batch_size=params["eval_batch_size"],
+        learning_rate=params["learning_rate"],
+        warmup_steps=params["warmup_steps"],
+        weight_decay=params["weight_decay"],
+        seed=params["seed"],
+        eval_strategy="epoch",
+        logging_strategy="epoch",
+        save_strategy="epoch" if params["resume"] else "no",
+        save_total_limit=1,
+        # Batches of similar lengths (dynamic padding then pads little); only for token inputs.
+        train_sampling_strategy="group_by_length" if params["group_by_length"] and not cached else "random",
+        report_to="none",  # dvclive is attached by the caller, on rank 0 only, with dvc.yaml left alone
+        **device_flags(params["precision"]),
+    )
+
+
+def make_trainer(params, training_args, model, tokenizer, train_set, val_set, callbacks=()):
+    """The Trainer this stage trains with, and the validation inputs to predict on: tokenized pairs
+    padded per batch, or, for a frozen base with cache_features, its pooled outputs computed once."""
+    from transformers import DataCollatorWithPadding, Trainer, default_data_collator
+
+    if params["freeze_base"] and params["cache_features"]:
+        from stages.frozen import classification_head, feature_dataset, pooled_features
+
+        batch_size, device = params["eval_batch_size"], training_args.device
+        trained, collator = classification_head(model), default_data_collator  # stacks the features
+        train_inputs = feature_dataset(pooled_features(model, train_set, tokenizer, batch_size, device), train_set["label"])
+        val_inputs = feature_dataset(pooled_features(model, val_set, tokenizer, batch_size, device), val_set["label"])
+    else:
+        trained, collator, train_inputs, val_inputs = model, DataCollatorWithPadding(tokenizer), train_set, val_set
+    trainer = Trainer(model=trained, args=training_args, train_dataset=train_inputs, eval_dataset=val_inputs,
+                      processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
+                      callbacks=list(callbacks))
+    return trainer, val_inputs
+
+
+def run_fingerprint(params, data_files):
+    """What a checkpoint must match to be resumed: the train params and the bytes of its inputs."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for path in sorted(data_files):
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def checkpoint_to_resume(checkpoints, fingerprint, main_process):
+    """The last checkpoint of an interrupted run with the same fingerprint, else None; the main
+    process then clears what a different run left behind."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    stamp = checkpoints / "run.json"
+    if stamp.exists() and json.loads(stamp.read_text())["fingerprint"] == fingerprint:
+        last = get_last_checkpoint(str(checkpoints))
+        if last:
+            return last
+    if not main_process:
+        return None
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.mkdir(parents=True)
+    stamp.write_text(json.dumps({"fingerprint": fingerprint}))
+    return None
