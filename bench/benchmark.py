@@ -1,0 +1,231 @@
+"""Speed, measured side by side with the reference recipe: training, scoring, pipeline overhead.
+
+    python -m bench.benchmark                      # a few minutes on a 2-core CPU; a GPU is used when present
+    python -m bench.benchmark --rows 2000 --repeats 5   # steadier numbers
+
+Every comparison is a ratio of two measurements taken in this run, on the same synthetic data
+(realistic query and title lengths), the same model size (BERT-small: 4 layers, hidden 512,
+8 heads, randomly initialised since the hub may be unreachable) and the same machine; each side
+is warmed up once, then repeated, and the median is reported. Writes bench/results/benchmark.json
+and prints the Markdown table the README shows. Timing is never asserted by the tests.
+"""
+import argparse
+import json
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tests.tiny import FILLER, OFF_TOPIC, TOPICS, write_tiny_bert
+
+RESULTS = Path(__file__).parent / "results"
+AUC_TOLERANCE = 0.05  # |reference - project| validation ROC-AUC allowed for "same results"
+INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def realistic_pairs(rows, seed=0):
+    """Queries of 2-6 words and titles of 6-30 words (CORD-19 titles vary that much), half relevant."""
+    rng = random.Random(seed)
+    topics, others = list(TOPICS.values()), list(OFF_TOPIC.values())
+    queries, titles, labels = [], [], []
+    for i in range(rows):
+        words = rng.choice(topics)
+        title_words = words if i % 2 == 0 else rng.choice(others + topics)
+        queries.append(" ".join(rng.sample(words + FILLER, rng.randint(2, 6))))
+        titles.append(" ".join(rng.choices(title_words + FILLER, k=rng.randint(6, 30))).capitalize())
+        labels.append(int(i % 2 == 0))
+    return queries, titles, labels
+
+
+def median_time(run, repeats):
+    """Median wall time of `repeats` calls of run() after one warm-up call; also the last result."""
+    run()
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
+    """Train a fresh classifier one way or the other; returns validation ROC-AUC."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    from stages.metrics import classification_metrics
+    from stages.training import make_trainer, training_arguments
+
+    set_seed(42)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    if freeze:
+        model.base_model.requires_grad_(False)
+    (queries, titles, labels), (val_queries, val_titles, val_labels) = pairs, val_pairs
+    if reference:  # the recipe as written: every pair padded to 128, one tensor per item, Trainer defaults
+        class PairsDataset(torch.utils.data.Dataset):
+            def __init__(self, q, t, y):
+                self.encodings, self.labels = tokenizer(q, t, truncation=True, padding="max_length", max_length=128), y
+
+            def __getitem__(self, i):
+                return {**{k: torch.tensor(v[i]) for k, v in self.encodings.items()}, "labels": torch.tensor(self.labels[i])}
+
+            def __len__(self):
+                return len(self.labels)
+
+        args = TrainingArguments(output_dir=str(scratch), num_train_epochs=epochs, per_device_train_batch_size=16,
+                                 per_device_eval_batch_size=64, warmup_steps=500, weight_decay=0.01, eval_strategy="epoch",
+                                 save_strategy="no", report_to="none", disable_tqdm=True)
+        val_set = PairsDataset(val_queries, val_titles, val_labels)
+        trainer = Trainer(model=model, args=args, train_dataset=PairsDataset(queries, titles, labels), eval_dataset=val_set)
+    else:  # this project's train stage path
+        def encode(q, t, y):
+            return Dataset.from_dict({"label": y, **tokenizer(q, t, truncation=True, max_length=128)})
+
+        params = {"epochs": epochs, "batch_size": 16, "eval_batch_size": 64, "learning_rate": 5e-5, "warmup_steps": 500,
+                  "weight_decay": 0.01, "seed": 42, "precision": "auto", "resume": False, "freeze_base": freeze,
+                  "cache_features": True, "group_by_length": True}
+        training_args = training_arguments(params, scratch)
+        training_args.disable_tqdm = True
+        trainer, val_set = make_trainer(params, training_args, model, tokenizer, encode(queries, titles, labels),
+                                        encode(val_queries, val_titles, val_labels))
+    trainer.train()
+    logits = trainer.predict(val_set).predictions
+    return classification_metrics(val_labels, torch.softmax(torch.from_numpy(logits), -1)[:, 1].numpy(), None)["roc_auc"]
+
+
+def bench_training(model_dir, args, scratch):
+    pairs, val_pairs = realistic_pairs(args.rows, seed=1), realistic_pairs(128, seed=2)
+    results = {}
+    for freeze, epochs in ((True, 3), (False, 1)):
+        name = "frozen base, 3 epochs" if freeze else "full fine-tune, 1 epoch"
+        sides = {}
+        for reference in (True, False):
+            seconds, auc = median_time(lambda: train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch),
+                                       args.repeats)
+            sides["reference" if reference else "project"] = {"seconds": seconds, "samples_per_second": args.rows * epochs / seconds,
+                                                              "val_roc_auc": auc}
+        sides["speedup"] = sides["reference"]["seconds"] / sides["project"]["seconds"]
+        results[name] = sides
+        print(f"training, {name}: {sides['speedup']:.1f}x", file=sys.stderr)
+    return results
+
+
+def bench_scoring(model_dir, args, scratch):
+    import onnxruntime
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from stages.export import export_onnx
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).eval()
+    queries, titles, _ = realistic_pairs(256, seed=3)
+
+    def batch(size, start=0):
+        encoded = tokenizer(queries[start:start + size], titles[start:start + size], truncation=True, max_length=128,
+                            padding=True, return_tensors="np")
+        return {name: encoded[name].astype(np.int64) for name in INPUTS}
+
+    onnx_path, int8_path = scratch / "model.onnx", scratch / "model.int8.onnx"
+    export_onnx(model, batch(4), onnx_path, opset=18)
+    quantize_dynamic(onnx_path, int8_path, weight_type=QuantType.QInt8)
+    sessions = {name: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                for name, path in (("onnxruntime fp32", onnx_path), ("onnxruntime int8", int8_path))}
+    results = {}
+    for size, count in ((1, 64), (64, 4)):
+        batches = [batch(size, i * size % 192) for i in range(count)]
+
+        def eager():
+            with torch.no_grad():
+                for b in batches:
+                    model(**{k: torch.from_numpy(v) for k, v in b.items()})
+
+        scorers = {"pytorch eager": eager, **{name: (lambda s=s: [s.run(["logits"], b) for b in batches])
+                                              for name, s in sessions.items()}}
+        rates = {name: size * count / median_time(run, args.repeats)[0] for name, run in scorers.items()}
+        results[f"batch {size}"] = {"pairs_per_second": rates, "speedup_vs_eager": {
+            name: rate / rates["pytorch eager"] for name, rate in rates.items() if name != "pytorch eager"}}
+    return results
+
+
+def bench_pipeline(args, scratch):
+    from tests.tiny import csv_texts, make_scratch_project, write_pairs_csv
+
+    pairs_csv = write_pairs_csv(scratch / "pairs.csv")
+    project = make_scratch_project(scratch / "project", pairs_csv, write_tiny_bert(scratch / "tiny", csv_texts(pairs_csv)))
+    dvc = [sys.executable, "-m", "dvc", "repro"]
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1", "HOME": str(scratch)}
+    subprocess.run(dvc, cwd=project, env=env, check=True, capture_output=True)
+    noop, _ = median_time(lambda: subprocess.run(dvc, cwd=project, env=env, check=True, capture_output=True), args.repeats)
+    startup = {}
+    for stage in ("download", "split", "encode", "train", "export"):
+        probe = f"import sys, stages.{stage}; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+        command = [sys.executable, "-c", probe]
+        seconds, result = median_time(lambda: subprocess.run(command, check=True, capture_output=True, text=True,
+                                                             cwd=Path(__file__).parent.parent), args.repeats)
+        startup[stage] = {"import_seconds": seconds, "heavy_modules_at_import": json.loads(result.stdout.replace("'", '"'))}
+    return {"noop_repro_seconds": noop, "stage_startup": startup}
+
+
+def markdown(report):
+    lines = [f"Measured {report['date']} on {report['machine']} ({report['device']}), {report['rows']} training pairs, "
+             f"median of {report['repeats']} after a warm-up.", "",
+             "| what | reference recipe | this project | speed-up |", "|---|---|---|---|"]
+    for name, sides in report["training"].items():
+        ref, ours = sides["reference"], sides["project"]
+        lines.append(f"| training, {name} (samples/s) | {ref['samples_per_second']:.1f} | {ours['samples_per_second']:.1f} "
+                     f"| {sides['speedup']:.1f}x |")
+    for name, result in report["scoring"].items():
+        rates = result["pairs_per_second"]
+        for scorer, speedup in result["speedup_vs_eager"].items():
+            lines.append(f"| scoring, {name}, {scorer} vs PyTorch eager (pairs/s) | {rates['pytorch eager']:.0f} "
+                         f"| {rates[scorer]:.0f} | {speedup:.1f}x |")
+    pipeline = report["pipeline"]
+    lines += ["", f"No-op `dvc repro`: {pipeline['noop_repro_seconds']:.2f} s. Stage start-up (import): " + ", ".join(
+        f"{stage} {s['import_seconds']:.2f} s" for stage, s in pipeline["stage_startup"].items()) + "; torch or "
+        "transformers imported at start-up by: " + (", ".join(stage for stage, s in pipeline["stage_startup"].items()
+                                                           if s["heavy_modules_at_import"]) or "no stage") + ".",
+              "", f"Validation ROC-AUC, reference vs project, same seed (tolerance {AUC_TOLERANCE}; a randomly "
+              "initialised model on synthetic data, so a same-results check, not a quality claim): " + "; ".join(
+                  f"{name} {sides['reference']['val_roc_auc']:.3f} vs {sides['project']['val_roc_auc']:.3f} "
+                  f"({'within' if abs(sides['reference']['val_roc_auc'] - sides['project']['val_roc_auc']) <= AUC_TOLERANCE else 'OUTSIDE'})"
+                  for name, sides in report["training"].items()) + "."]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=256, help="training pairs (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repetitions per side (default: %(default)s)")
+    args = parser.parse_args()
+    import torch
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        queries, titles, _ = realistic_pairs(args.rows, seed=1)
+        model_dir = write_tiny_bert(scratch / "bert-small", queries + titles, hidden_size=512, layers=4, heads=8)
+        report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+                  "device": device, "rows": args.rows, "repeats": args.repeats,
+                  "training": bench_training(model_dir, args, scratch / "trainer"),
+                  "scoring": bench_scoring(model_dir, args, scratch),
+                  "pipeline": bench_pipeline(args, scratch)}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "benchmark.md").write_text(markdown(report) + "\n")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
