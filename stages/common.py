@@ -28,12 +28,15 @@ def run(main):
         sys.exit(f"error: {err}")
 
 
-def load_params(section):
+def load_params(section=None):
+    """One section of params.yaml, or all of it."""
     try:
         with open(PARAMS_FILE, encoding="utf-8") as f:
             params = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise StageError(f"{PARAMS_FILE} not found; run stages from the repository root") from None
+    if section is None:
+        return params
     if section not in params:
         raise StageError(f"{PARAMS_FILE} has no '{section}' section")
     return params[section]

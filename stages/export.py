@@ -9,9 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import yaml
-
-from stages.common import PARAMS_FILE, StageError, atomic_paths, load_params, run, write_json
+from stages.common import StageError, atomic_paths, load_params, run, write_json
 from stages.scorer import METADATA_FILE, TOKENIZER_FILE
 
 INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
@@ -122,8 +120,6 @@ def git_revision():
 
 
 def write_metadata(path, model, tokenizer, params, max_length):
-    with open(PARAMS_FILE, encoding="utf-8") as f:
-        all_params = yaml.safe_load(f)
     write_json(path, {
         "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
         "max_length": max_length,
@@ -132,7 +128,7 @@ def write_metadata(path, model, tokenizer, params, max_length):
         "output": "logits",
         "pad_token": tokenizer.pad_token,
         "pad_token_id": tokenizer.pad_token_id,
-        "made_by": {"git_revision": git_revision(), "params": all_params},
+        "made_by": {"git_revision": git_revision(), "params": load_params()},
     })
 
 
