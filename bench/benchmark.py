@@ -61,7 +61,7 @@ def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
     from stages.metrics import classification_metrics
-    from stages.training import make_trainer, training_arguments
+    from stages.training import make_trainer, predict_in_order, training_arguments
 
     set_seed(42)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -97,7 +97,7 @@ def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
         trainer, val_set = make_trainer(params, training_args, model, tokenizer, encode(queries, titles, labels),
                                         encode(val_queries, val_titles, val_labels))
     trainer.train()
-    logits = trainer.predict(val_set).predictions
+    logits = predict_in_order(trainer, val_set)
     return classification_metrics(val_labels, torch.softmax(torch.from_numpy(logits), -1)[:, 1].numpy(), None)["roc_auc"]
 
 

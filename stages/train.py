@@ -13,7 +13,8 @@ from pathlib import Path
 
 from stages.common import LABELS, StageError, atomic_path, load_params, run
 from stages.metrics import write_evaluation
-from stages.training import checkpoint_to_resume, device_flags, make_trainer, run_fingerprint, training_arguments
+from stages.training import (checkpoint_to_resume, device_flags, make_trainer, predict_in_order, run_fingerprint,
+                             training_arguments)
 
 def launch_distributed(gpus):
     import torch
@@ -74,7 +75,7 @@ def main():
         print(f"train: {len(train_set)} pairs, effective batch size {effective_batch_size} "
               f"({training_args.world_size} process(es) x {training_args.train_batch_size})")
     trainer.train(resume_from_checkpoint=resume_from)
-    logits = trainer.predict(val_inputs).predictions  # gathered from every process
+    logits = predict_in_order(trainer, val_inputs)  # gathered from every process
     if main_process:
         probabilities = softmax(logits.astype("float64"), axis=-1)[:, LABELS.index("relevant")]
         with atomic_path(args.model_dir) as model_dir:

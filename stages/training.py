@@ -82,6 +82,18 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, ca
     return trainer, val_inputs
 
 
+def predict_in_order(trainer, dataset):
+    """Logits for `dataset` in its own row order. The Trainer's own predict cannot promise that:
+    with group_by_length its evaluation sampler groups rows by length too."""
+    from dataclasses import replace
+
+    from transformers import Trainer
+
+    in_order = replace(trainer.args, train_sampling_strategy="random", eval_strategy="no")
+    return Trainer(model=trainer.model, args=in_order, data_collator=trainer.data_collator,
+                   processing_class=trainer.processing_class).predict(dataset).predictions
+
+
 def run_fingerprint(params, data_files):
     """What a checkpoint must match to be resumed: the train params and the bytes of its inputs."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())

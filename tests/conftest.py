@@ -40,6 +40,24 @@ def stages_run(repro_output):
     return re.findall(r"^Running stage '(\w+)'", repro_output, flags=re.MULTILINE)
 
 
+def saved_model_roc_auc(project):
+    """ROC-AUC of models/finetuned on the validation pairs, computed here in dataset order with PyTorch."""
+    import numpy as np
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from stages.metrics import classification_metrics
+
+    model = AutoModelForSequenceClassification.from_pretrained(project / "models/finetuned").eval()
+    tokenizer = AutoTokenizer.from_pretrained(project / "models/finetuned")
+    val_set = load_from_disk(project / "data/encoded/val")
+    batch = tokenizer.pad({k: val_set[k] for k in ("input_ids", "token_type_ids", "attention_mask")}, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = torch.softmax(model(**batch).logits, dim=-1)[:, 1].numpy()
+    return classification_metrics(np.array(val_set["label"]), probabilities)["roc_auc"]
+
+
 @pytest.fixture(scope="session")
 def pairs_csv(tmp_path_factory):
     return write_pairs_csv(tmp_path_factory.mktemp("data") / "pairs.csv")

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.conftest import STAGES, dvc, git, stages_run
+from tests.conftest import STAGES, dvc, git, saved_model_roc_auc, stages_run
 from tests.tiny import set_params
 
 
@@ -60,6 +60,12 @@ def test_metrics_show_reports_model_baseline_and_export_metrics(reproduced_proje
     assert evaluation["model"]["roc_auc"] > 0.6, "the fixture's relevance signal should be learned"
     assert evaluation["effective_batch_size"] == 16
     assert export["max_abs_logit_diff"] <= 1e-4
+
+
+def test_evaluated_metrics_are_those_of_the_saved_model_in_row_order(reproduced_project):
+    """Predictions must line up with the validation rows (the length-grouped sampler reorders them)."""
+    evaluated = json.loads((reproduced_project / "results/eval/metrics.json").read_text())["model"]
+    assert saved_model_roc_auc(reproduced_project) == pytest.approx(evaluated["roc_auc"])
 
 
 def test_plots_show_renders_every_declared_plot(reproduced_project, tmp_path):
