@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.scorer import INPUT_NAMES
 from tests.tiny import FILLER, OFF_TOPIC, TOPICS, write_tiny_bert
 
 RESULTS = Path(__file__).parent / "results"
 AUC_TOLERANCE = 0.05  # |reference - project| validation ROC-AUC allowed for "same results"
-INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
 def realistic_pairs(rows, seed=0):
@@ -133,7 +133,7 @@ def bench_scoring(model_dir, args, scratch):
     def batch(size, start=0):
         encoded = tokenizer(queries[start:start + size], titles[start:start + size], truncation=True, max_length=128,
                             padding=True, return_tensors="np")
-        return {name: encoded[name].astype(np.int64) for name in INPUTS}
+        return {name: encoded[name].astype(np.int64) for name in INPUT_NAMES}
 
     onnx_path, int8_path = scratch / "model.onnx", scratch / "model.int8.onnx"
     export_onnx(model, batch(4), onnx_path, opset=18)

@@ -4,8 +4,8 @@ Every later stage reads only these outputs, so only this stage needs the network
 """
 import argparse
 import hashlib
-import re
 import http.client
+import re
 import shutil
 import socket
 import sys

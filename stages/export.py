@@ -10,9 +10,8 @@ import subprocess
 from pathlib import Path
 
 from stages.common import StageError, atomic_paths, load_params, run, write_json
-from stages.scorer import METADATA_FILE, TOKENIZER_FILE
+from stages.scorer import INPUT_NAMES, METADATA_FILE, TOKENIZER_FILE
 
-INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 PARITY_BATCH_SIZES = (1, 7, 32)
 
 

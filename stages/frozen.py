@@ -16,7 +16,9 @@ def pooled_features(model, dataset, tokenizer, batch_size, device):
     from tqdm.auto import tqdm
     from transformers import DataCollatorWithPadding
 
-    inputs = dataset.select_columns(["input_ids", "token_type_ids", "attention_mask"])
+    from stages.scorer import INPUT_NAMES
+
+    inputs = dataset.select_columns(list(INPUT_NAMES))
     loader = DataLoader(inputs, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
     encoder = model.base_model.to(device).eval()
     pooled = []

@@ -23,10 +23,11 @@ import numpy as np
 
 TOKENIZER_FILE = "tokenizer.json"
 METADATA_FILE = "metadata.json"
+INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")  # the exported graph's inputs, in order
 
 
 class RelevanceScorer:
-    def __init__(self, onnx_path, threads=None):
+    def __init__(self, onnx_path):
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -36,19 +37,13 @@ class RelevanceScorer:
         # The same truncation as the encode stage (transformers' truncation=True: longest first).
         self.tokenizer.enable_truncation(self.metadata["max_length"], strategy="longest_first")
         self.tokenizer.enable_padding(pad_id=self.metadata["pad_token_id"], pad_token=self.metadata["pad_token"])
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.relevant = self.metadata["labels"].index("relevant")
 
     def encode(self, queries, titles):
         encodings = self.tokenizer.encode_batch(list(zip(queries, titles)))
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        }
+        columns = ([e.ids for e in encodings], [e.type_ids for e in encodings], [e.attention_mask for e in encodings])
+        return {name: np.array(column, dtype=np.int64) for name, column in zip(INPUT_NAMES, columns)}
 
     def logits(self, queries, titles):
         return self.session.run(["logits"], self.encode(queries, titles))[0]

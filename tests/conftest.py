@@ -48,11 +48,12 @@ def saved_model_roc_auc(project):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from stages.metrics import classification_metrics
+    from stages.scorer import INPUT_NAMES
 
     model = AutoModelForSequenceClassification.from_pretrained(project / "models/finetuned").eval()
     tokenizer = AutoTokenizer.from_pretrained(project / "models/finetuned")
     val_set = load_from_disk(project / "data/encoded/val")
-    batch = tokenizer.pad({k: val_set[k] for k in ("input_ids", "token_type_ids", "attention_mask")}, return_tensors="pt")
+    batch = tokenizer.pad({name: val_set[name] for name in INPUT_NAMES}, return_tensors="pt")
     with torch.no_grad():
         probabilities = torch.softmax(model(**batch).logits, dim=-1)[:, 1].numpy()
     return classification_metrics(np.array(val_set["label"]), probabilities)["roc_auc"]
