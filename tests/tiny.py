@@ -62,17 +62,28 @@ def write_pairs_csv(path, titles_per_query=12, seed=0):
     return path
 
 
+def wordpiece_vocabulary(texts):
+    """Every word of `texts` as BERT splits them, and every character alone and as a ##suffix, sorted.
+
+    Not tokenizers' WordPiece trainer: it breaks frequency ties differently in every process, so
+    the same text gave a different vocabulary, model and test results from one run to the next.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = {word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))}
+    characters = {character for word in words for character in word}
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words | characters | {f"##{c}" for c in characters})]
+
+
 def write_tiny_bert(model_dir, texts, hidden_size=32, layers=2, heads=2, seed=0):
     """Save a randomly initialised BertModel and a WordPiece tokenizer trained on `texts`."""
     import torch
-    from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(texts, vocab_size=500, min_frequency=1, show_progress=False)
-    wordpiece.save_model(str(model_dir))
+    (model_dir / "vocab.txt").write_text("\n".join(wordpiece_vocabulary(texts)) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab=str(model_dir / "vocab.txt"), model_max_length=128)
     tokenizer.save_pretrained(model_dir)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
