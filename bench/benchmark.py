@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common import load_params
 from stages.scorer import INPUT_NAMES
 from tests.tiny import FILLER, OFF_TOPIC, TOPICS, write_tiny_bert
 
@@ -121,10 +122,9 @@ def bench_training(model_dir, args, scratch):
 def bench_scoring(model_dir, args, scratch):
     import onnxruntime
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from stages.export import export_onnx
+    from stages.export import export_onnx, quantize
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).eval()
@@ -136,8 +136,8 @@ def bench_scoring(model_dir, args, scratch):
         return {name: encoded[name].astype(np.int64) for name in INPUT_NAMES}
 
     onnx_path, int8_path = scratch / "model.onnx", scratch / "model.int8.onnx"
-    export_onnx(model, batch(4), onnx_path, opset=18)
-    quantize_dynamic(onnx_path, int8_path, weight_type=QuantType.QInt8)
+    export_onnx(model, batch(4), onnx_path, opset=args.opset)
+    quantize(onnx_path, int8_path)
     sessions = {name: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 for name, path in (("onnxruntime fp32", onnx_path), ("onnxruntime int8", int8_path))}
     results = {}
@@ -187,7 +187,7 @@ def markdown(report):
     for name, result in report["scoring"].items():
         rates = result["pairs_per_second"]
         for scorer, speedup in result["speedup_vs_eager"].items():
-            lines.append(f"| scoring, {name}, {scorer} vs PyTorch eager (pairs/s) | {rates['pytorch eager']:.0f} "
+            lines.append(f"| scoring, {name}, {scorer} (opset {report['opset']}) vs PyTorch eager (pairs/s) | {rates['pytorch eager']:.0f} "
                          f"| {rates[scorer]:.0f} | {speedup:.1f}x |")
     pipeline = report["pipeline"]
     lines += ["", f"No-op `dvc repro`: {pipeline['noop_repro_seconds']:.2f} s. Stage start-up (import): " + ", ".join(
@@ -206,6 +206,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=256, help="training pairs (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="timed repetitions per side (default: %(default)s)")
+    parser.add_argument("--opset", type=int, default=load_params("export")["opset"],
+                        help="ONNX opset of the scored models (default: export.opset, %(default)s)")
     args = parser.parse_args()
     import torch
     from transformers.utils import logging
@@ -217,7 +219,7 @@ def main():
         queries, titles, _ = realistic_pairs(args.rows, seed=1)
         model_dir = write_tiny_bert(scratch / "bert-small", queries + titles, hidden_size=512, layers=4, heads=8)
         report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-                  "device": device, "rows": args.rows, "repeats": args.repeats,
+                  "device": device, "rows": args.rows, "repeats": args.repeats, "opset": args.opset,
                   "training": bench_training(model_dir, args, scratch / "trainer"),
                   "scoring": bench_scoring(model_dir, args, scratch),
                   "pipeline": bench_pipeline(args, scratch)}

@@ -1,11 +1,11 @@
-"""export: inputs bound by name, dynamic batch and sequence axes, opset and parity checks."""
+"""export: inputs bound by name, dynamic batch and sequence axes, opset and parity checks, int8."""
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from stages.common import StageError
-from stages.export import INPUT_NAMES, check_opset, export_onnx, max_logit_difference
+from stages.export import INPUT_NAMES, check_opset, export_onnx, max_logit_difference, quantize
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,13 @@ def random_batch(rng, batch_size, length, vocab_size):
     return {"input_ids": input_ids * attention_mask, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
 
 
-@pytest.fixture(scope="module")
-def exported(classifier, tmp_path_factory):
+@pytest.fixture(scope="module", params=[18, 23], ids=lambda opset: f"opset{opset}")
+def exported(classifier, tmp_path_factory, request):
+    """The model exported at 18 (attention as MatMul/Softmax) and at 23 (ONNX's Attention op)."""
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     example = random_batch(np.random.default_rng(0), 4, 12, classifier.config.vocab_size)
-    export_onnx(classifier, example, path, opset=18)
+    export_onnx(classifier, example, path, opset=request.param)
+    check_opset(path, request.param)
     return path
 
 
@@ -53,8 +55,18 @@ def test_graph_inputs_are_named_and_bound_by_keyword(classifier, exported):
     assert np.abs(onnx_logits - positional).max() > 1e-3, "the positional call swaps inputs; the graph must not"
 
 
-def test_opset_the_exporter_cannot_write_is_refused(classifier, exported, tmp_path):
-    check_opset(exported, 18)
+def test_int8_model_loads_and_stays_close_to_float32(classifier, exported, tmp_path):
+    import onnxruntime
+
+    int8_path = tmp_path / "model.int8.onnx"
+    quantize(exported, int8_path)
+    batch = random_batch(np.random.default_rng(2), 7, 20, classifier.config.vocab_size)
+    (float32,) = onnxruntime.InferenceSession(str(exported)).run(["logits"], batch)
+    (int8,) = onnxruntime.InferenceSession(str(int8_path)).run(["logits"], batch)
+    assert 0 < np.abs(int8 - float32).max() < 0.1, "int8 rounding moves logits a little, never this much"
+
+
+def test_opset_the_exporter_cannot_write_is_refused(classifier, tmp_path):
     path = tmp_path / "model.onnx"
     export_onnx(classifier, random_batch(np.random.default_rng(0), 2, 6, classifier.config.vocab_size), path, opset=14)
     with pytest.raises(StageError, match="export.opset=14: the exporter could only write opset 18; use 17 or newer"):

@@ -43,7 +43,7 @@ def test_metadata_describes_the_model_for_consumers(reproduced_project):
     metadata = json.loads((reproduced_project / "models/metadata.json").read_text())
     assert metadata["labels"] == ["irrelevant", "relevant"]
     assert metadata["inputs"] == ["input_ids", "token_type_ids", "attention_mask"] and metadata["output"] == "logits"
-    assert (metadata["max_length"], metadata["opset"], metadata["pad_token"]) == (128, 18, "[PAD]")
+    assert (metadata["max_length"], metadata["opset"], metadata["pad_token"]) == (128, 23, "[PAD]")
     assert metadata["made_by"]["params"]["train"]["learning_rate"] == 0.001
     assert metadata["made_by"]["git_revision"]
 
