@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import load_params
+from stages.common import LABELS, load_params
 from stages.scorer import INPUT_NAMES
 from tests.tiny import FILLER, OFF_TOPIC, TOPICS, write_tiny_bert
 
@@ -124,10 +124,12 @@ def bench_scoring(model_dir, args, scratch):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from stages.export import export_onnx, quantize
+    from stages.export import export_onnx, quantize, write_metadata
+    from stages.scorer import METADATA_FILE, RelevanceScorer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=len(LABELS), id2label=dict(enumerate(LABELS))).eval()
     queries, titles, _ = realistic_pairs(256, seed=3)
 
     def batch(size, start=0):
@@ -151,10 +153,32 @@ def bench_scoring(model_dir, args, scratch):
 
         scorers = {"pytorch eager": eager, **{name: (lambda s=s: [s.run(["logits"], b) for b in batches])
                                               for name, s in sessions.items()}}
-        rates = {name: size * count / median_time(run, args.repeats)[0] for name, run in scorers.items()}
-        results[f"batch {size}"] = {"pairs_per_second": rates, "speedup_vs_eager": {
-            name: rate / rates["pytorch eager"] for name, rate in rates.items() if name != "pytorch eager"}}
+        results[f"batch {size}"] = rates_and_speedups(scorers, size * count, args.repeats)
+
+    # End to end, tokenizing included, as a service scores a list of pairs: RelevanceScorer (length-sorted
+    # batches) against the transformers tokenizer and PyTorch eager on batches in input order.
+    tokenizer.save_pretrained(scratch)  # tokenizer.json beside the ONNX files
+    write_metadata(scratch / METADATA_FILE, model, tokenizer, {"opset": args.opset}, max_length=128)
+    queries, titles, _ = realistic_pairs(1024, seed=4)
+
+    def eager_end_to_end():
+        with torch.no_grad():
+            for start in range(0, len(queries), 64):
+                encoded = tokenizer(queries[start:start + 64], titles[start:start + 64], truncation=True,
+                                    max_length=128, padding=True, return_tensors="pt")
+                model(**{name: encoded[name] for name in INPUT_NAMES})
+
+    scorers = {"pytorch eager": eager_end_to_end, **{
+        f"RelevanceScorer {name}": (lambda s=RelevanceScorer(path): s.scores(queries, titles, batch_size=64))
+        for name, path in (("fp32", onnx_path), ("int8", int8_path))}}
+    results["1024 pairs end to end, batches of 64"] = rates_and_speedups(scorers, len(queries), args.repeats)
     return results
+
+
+def rates_and_speedups(scorers, pairs, repeats):
+    rates = {name: pairs / median_time(run, repeats)[0] for name, run in scorers.items()}
+    return {"pairs_per_second": rates, "speedup_vs_eager": {
+        name: rate / rates["pytorch eager"] for name, rate in rates.items() if name != "pytorch eager"}}
 
 
 def bench_pipeline(args, scratch):

@@ -79,6 +79,17 @@ def test_scored_pairs_equal_pytorch_without_importing_torch(reproduced_project, 
     np.testing.assert_allclose([float(r["relevance"]) for r in rows], expected, atol=1e-4)
 
 
+def test_scores_come_back_in_input_order_when_batches_are_sorted_by_length(reproduced_project):
+    from stages.scorer import RelevanceScorer
+
+    scorer = RelevanceScorer(reproduced_project / "models/model.onnx")
+    queries, titles = [q for q, _ in PAIRS] * 3, [t for _, t in PAIRS] * 3  # 12 pairs, lengths unsorted
+    one_at_a_time = [scorer.scores([query], [title])[0] for query, title in zip(queries, titles)]
+    np.testing.assert_allclose(scorer.scores(queries, titles, batch_size=5), one_at_a_time, atol=1e-6)
+    np.testing.assert_allclose(one_at_a_time, pytorch_probabilities(reproduced_project, queries, titles), atol=1e-4)
+    assert scorer.scores([], [], batch_size=5).shape == (0,)
+
+
 @pytest.mark.parametrize("model", ["models/model.onnx", "models/model.int8.onnx"])
 def test_rank_prints_the_top_titles_best_first(reproduced_project, tmp_path, model):
     titles = [title for _, title in PAIRS]
