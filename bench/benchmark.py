@@ -2,6 +2,7 @@
 
     python -m bench.benchmark                      # a few minutes on a 2-core CPU; a GPU is used when present
     python -m bench.benchmark --rows 2000 --repeats 5   # steadier numbers
+    python -m bench.benchmark --rows 20000 --peak-tflops 989   # on a GPU (989: an H100 SXM's dense bf16)
 
 Every comparison is a ratio of two measurements taken in this run, on the same synthetic data
 (realistic query and title lengths), the same model size (BERT-small: 4 layers, hidden 512,
@@ -102,8 +103,23 @@ def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
     return classification_metrics(val_labels, torch.softmax(torch.from_numpy(logits), -1)[:, 1].numpy(), None)["roc_auc"]
 
 
+def useful_training_flops(model_dir, queries, titles):
+    """Model FLOPs of one training epoch over these pairs, real tokens only (padding is waste): 6 per
+    non-embedding parameter per token (forward and backward), plus attention's 12 x layers x hidden
+    x length^2 per pair. The numerator of model FLOPs utilisation."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    parameters = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in name)
+    encoded = AutoTokenizer.from_pretrained(model_dir)(queries, titles, truncation=True, max_length=128)
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.float64)
+    return 6 * parameters * lengths.sum() + 12 * config.num_hidden_layers * config.hidden_size * (lengths ** 2).sum()
+
+
 def bench_training(model_dir, args, scratch):
     pairs, val_pairs = realistic_pairs(args.rows, seed=1), realistic_pairs(128, seed=2)
+    epoch_flops = useful_training_flops(model_dir, *pairs[:2])
     results = {}
     for freeze, epochs in ((True, 3), (False, 1)):
         name = "frozen base, 3 epochs" if freeze else "full fine-tune, 1 epoch"
@@ -111,8 +127,12 @@ def bench_training(model_dir, args, scratch):
         for reference in (True, False):
             seconds, auc = median_time(lambda: train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch),
                                        args.repeats)
-            sides["reference" if reference else "project"] = {"seconds": seconds, "samples_per_second": args.rows * epochs / seconds,
-                                                              "val_roc_auc": auc}
+            side = sides["reference" if reference else "project"] = {
+                "seconds": seconds, "samples_per_second": args.rows * epochs / seconds, "val_roc_auc": auc}
+            if not freeze:  # compute utilisation only means something when the whole model trains
+                side["useful_tflops_per_second"] = epoch_flops * epochs / seconds / 1e12
+                if args.peak_tflops:
+                    side["fraction_of_peak"] = side["useful_tflops_per_second"] / args.peak_tflops
         sides["speedup"] = sides["reference"]["seconds"] / sides["project"]["seconds"]
         results[name] = sides
         print(f"training, {name}: {sides['speedup']:.1f}x", file=sys.stderr)
@@ -213,6 +233,13 @@ def markdown(report):
         for scorer, speedup in result["speedup_vs_eager"].items():
             lines.append(f"| scoring, {name}, {scorer} (opset {report['opset']}) vs PyTorch eager (pairs/s) | {rates['pytorch eager']:.0f} "
                          f"| {rates[scorer]:.0f} | {speedup:.1f}x |")
+    full = report["training"]["full fine-tune, 1 epoch"]
+    utilisation = "; ".join(
+        f"{side} {full[side]['useful_tflops_per_second']:.3g} TFLOP/s" + (
+            f" ({100 * full[side]['fraction_of_peak']:.1f} % of the {report['peak_tflops']:g} TFLOP/s peak given)"
+            if report["peak_tflops"] else "") for side in ("reference", "project"))
+    lines += ["", "Full fine-tune, useful compute (6 x non-embedding parameters per real token, plus attention; "
+              f"padding not counted): {utilisation}."]
     pipeline = report["pipeline"]
     lines += ["", f"No-op `dvc repro`: {pipeline['noop_repro_seconds']:.2f} s. Stage start-up (import): " + ", ".join(
         f"{stage} {s['import_seconds']:.2f} s" for stage, s in pipeline["stage_startup"].items()) + "; torch or "
@@ -230,6 +257,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=256, help="training pairs (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="timed repetitions per side (default: %(default)s)")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak in TFLOP/s for the precision "
+                        "train.precision picks (e.g. 989 for bf16 on an H100 SXM): adds the full fine-tune's share of it")
     parser.add_argument("--opset", type=int, default=load_params("export")["opset"],
                         help="ONNX opset of the scored models (default: export.opset, %(default)s)")
     args = parser.parse_args()
@@ -243,7 +272,7 @@ def main():
         queries, titles, _ = realistic_pairs(args.rows, seed=1)
         model_dir = write_tiny_bert(scratch / "bert-small", queries + titles, hidden_size=512, layers=4, heads=8)
         report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-                  "device": device, "rows": args.rows, "repeats": args.repeats, "opset": args.opset,
+                  "device": device, "rows": args.rows, "repeats": args.repeats, "opset": args.opset, "peak_tflops": args.peak_tflops,
                   "training": bench_training(model_dir, args, scratch / "trainer"),
                   "scoring": bench_scoring(model_dir, args, scratch),
                   "pipeline": bench_pipeline(args, scratch)}
