@@ -144,7 +144,8 @@ def bench_scoring(model_dir, args, scratch):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from stages.export import export_onnx, quantize, write_metadata
+    from stages.export import export_onnx, write_metadata
+    from stages.int8 import quantize
     from stages.scorer import METADATA_FILE, RelevanceScorer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from stages.common import StageError
-from stages.export import INPUT_NAMES, check_opset, export_onnx, max_logit_difference, quantize
+from stages.export import INPUT_NAMES, check_opset, export_onnx, max_logit_difference
+from stages.int8 import quantize
 
 
 @pytest.fixture(scope="module")
