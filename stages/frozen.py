@@ -16,9 +16,7 @@ def pooled_features(model, dataset, tokenizer, batch_size, device):
     from tqdm.auto import tqdm
     from transformers import DataCollatorWithPadding
 
-    from stages.scorer import INPUT_NAMES
-
-    inputs = dataset.select_columns(list(INPUT_NAMES))
+    inputs = dataset.select_columns(tokenizer.model_input_names)
     loader = DataLoader(inputs, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
     encoder = model.base_model.to(device).eval()
     pooled = []

@@ -1,12 +1,16 @@
-"""The whole pipeline under the real dvc CLI: outputs, and which stages a parameter change reruns."""
+"""The whole pipeline under the real dvc CLI: outputs, which stages a parameter change reruns, and
+that every stage lists the code it runs among its deps."""
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import STAGES, dvc, git, saved_model_roc_auc, stages_run
 from tests.tiny import set_params
+
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def test_repro_produces_every_declared_output(reproduced_project):
@@ -136,3 +140,28 @@ def test_dvc_yaml_lists_exact_params_per_stage():
     every_param = {f"{section}.{key}" for section, values in params.items() for key in values}
     assert set(declared) == every_param, "every param is read by some stage"
     assert [p for p in declared if declared.count(p) > 1] == ["encode.max_length"] * 2  # also in export's metadata
+
+
+def local_modules(module, seen=None):
+    """stages.* modules `module` imports, directly or through each other (its own code included)."""
+    import ast
+
+    seen = seen if seen is not None else set()
+    seen.add(module)
+    tree = ast.parse((REPOSITORY / (module.replace(".", "/") + ".py")).read_text())
+    for node in ast.walk(tree):
+        names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])] \
+            if isinstance(node, ast.Import) else []
+        for name in names:
+            if name and name.startswith("stages.") and name not in seen:
+                local_modules(name, seen)
+    return seen
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    import yaml
+
+    for name, stage in yaml.safe_load((REPOSITORY / "dvc.yaml").read_text())["stages"].items():
+        module = re.match(r"python -m (stages\.\w+)", stage["cmd"]).group(1)
+        needed = {m.replace(".", "/") + ".py" for m in local_modules(module)}
+        assert needed <= set(stage["deps"]), f"{name}: add {sorted(needed - set(stage['deps']))} to its deps"
