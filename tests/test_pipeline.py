@@ -2,15 +2,12 @@
 that every stage lists the code it runs among its deps."""
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import STAGES, dvc, git, saved_model_roc_auc, stages_run
-from tests.tiny import set_params
-
-REPOSITORY = Path(__file__).resolve().parent.parent
+from tests.tiny import PROJECT_ROOT, set_params
 
 
 def test_repro_produces_every_declared_output(reproduced_project):
@@ -130,8 +127,6 @@ def test_exported_onnx_matches_pytorch_on_new_pairs(reproduced_project):
 def test_dvc_yaml_lists_exact_params_per_stage():
     import yaml
 
-    from tests.tiny import PROJECT_ROOT
-
     pipeline = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     assert list(pipeline["stages"]) == STAGES
@@ -148,10 +143,14 @@ def local_modules(module, seen=None):
 
     seen = seen if seen is not None else set()
     seen.add(module)
-    tree = ast.parse((REPOSITORY / (module.replace(".", "/") + ".py")).read_text())
+    tree = ast.parse((PROJECT_ROOT / (module.replace(".", "/") + ".py")).read_text())
     for node in ast.walk(tree):
-        names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])] \
-            if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
         for name in names:
             if name and name.startswith("stages.") and name not in seen:
                 local_modules(name, seen)
@@ -161,7 +160,7 @@ def local_modules(module, seen=None):
 def test_every_stage_depends_on_the_code_it_runs():
     import yaml
 
-    for name, stage in yaml.safe_load((REPOSITORY / "dvc.yaml").read_text())["stages"].items():
+    for name, stage in yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"].items():
         module = re.match(r"python -m (stages\.\w+)", stage["cmd"]).group(1)
         needed = {m.replace(".", "/") + ".py" for m in local_modules(module)}
         assert needed <= set(stage["deps"]), f"{name}: add {sorted(needed - set(stage['deps']))} to its deps"
