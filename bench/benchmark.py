@@ -107,14 +107,14 @@ def useful_training_flops(model_dir, queries, titles):
     """Model FLOPs of one training epoch over these pairs, real tokens only (padding is waste): 6 per
     non-embedding parameter per token (forward and backward), plus attention's 12 x layers x hidden
     x length^2 per pair. The numerator of model FLOPs utilisation."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     parameters = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in name)
     encoded = AutoTokenizer.from_pretrained(model_dir)(queries, titles, truncation=True, max_length=128)
     lengths = np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.float64)
-    return 6 * parameters * lengths.sum() + 12 * config.num_hidden_layers * config.hidden_size * (lengths ** 2).sum()
+    layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    return 6 * parameters * lengths.sum() + 12 * layers * hidden * (lengths ** 2).sum()
 
 
 def bench_training(model_dir, args, scratch):
@@ -180,19 +180,19 @@ def bench_scoring(model_dir, args, scratch):
     # batches) against the transformers tokenizer and PyTorch eager on batches in input order.
     tokenizer.save_pretrained(scratch)  # tokenizer.json beside the ONNX files
     write_metadata(scratch / METADATA_FILE, model, tokenizer, {"opset": args.opset}, max_length=128)
-    queries, titles, _ = realistic_pairs(1024, seed=4)
+    listed_queries, listed_titles, _ = realistic_pairs(1024, seed=4)
 
     def eager_end_to_end():
         with torch.no_grad():
-            for start in range(0, len(queries), 64):
-                encoded = tokenizer(queries[start:start + 64], titles[start:start + 64], truncation=True,
+            for start in range(0, len(listed_queries), 64):
+                encoded = tokenizer(listed_queries[start:start + 64], listed_titles[start:start + 64], truncation=True,
                                     max_length=128, padding=True, return_tensors="pt")
                 model(**{name: encoded[name] for name in INPUT_NAMES})
 
     scorers = {"pytorch eager": eager_end_to_end, **{
-        f"RelevanceScorer {name}": (lambda s=RelevanceScorer(path): s.scores(queries, titles, batch_size=64))
+        f"RelevanceScorer {name}": (lambda s=RelevanceScorer(path): s.scores(listed_queries, listed_titles, batch_size=64))
         for name, path in (("fp32", onnx_path), ("int8", int8_path))}}
-    results["1024 pairs end to end, batches of 64"] = rates_and_speedups(scorers, len(queries), args.repeats)
+    results["1024 pairs end to end, batches of 64"] = rates_and_speedups(scorers, len(listed_queries), args.repeats)
     return results
 
 
