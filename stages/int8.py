@@ -17,7 +17,7 @@ def quantize(onnx_path, int8_path):
 def quantize_and_compare(onnx_path, int8_path, val_pairs, max_auc_drop):
     """Write the int8 model and compare it with the float32 one on the validation pairs;
     fail when ROC-AUC drops by more than export.max_auc_drop."""
-    from stages.metrics import THRESHOLD, classification_metrics, ranking_metrics
+    from stages.metrics import RANK_CUTOFF, THRESHOLD, classification_metrics, ranking_metrics
     from stages.scorer import RelevanceScorer
 
     quantize(onnx_path, int8_path)
@@ -26,7 +26,7 @@ def quantize_and_compare(onnx_path, int8_path, val_pairs, max_auc_drop):
     comparison = {"decision_agreement": float(((scores["fp32"] >= THRESHOLD) == (scores["int8"] >= THRESHOLD)).mean())}
     for name, values in scores.items():
         comparison[f"{name}_roc_auc"] = classification_metrics(labels, values, threshold=None)["roc_auc"]
-        comparison[f"{name}_ndcg@10"] = ranking_metrics(queries, labels, values)["ndcg@10"]
+        comparison[f"{name}_ndcg@{RANK_CUTOFF}"] = ranking_metrics(queries, labels, values)[f"ndcg@{RANK_CUTOFF}"]
     defined = comparison["fp32_roc_auc"] is not None
     comparison["auc_drop"] = comparison["fp32_roc_auc"] - comparison["int8_roc_auc"] if defined else None
     if defined and comparison["auc_drop"] > max_auc_drop:

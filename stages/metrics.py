@@ -47,8 +47,9 @@ def rank_titles(labels, scores):
 
 def query_ranking_metrics(ranked):
     """nDCG@10, MRR@10, average precision and precision@5 for one query's ranked binary labels."""
-    gains = ranked[:RANK_CUTOFF] / np.log2(np.arange(2, min(len(ranked), RANK_CUTOFF) + 2))
-    ideal = np.sort(ranked)[::-1][:RANK_CUTOFF] / np.log2(np.arange(2, min(len(ranked), RANK_CUTOFF) + 2))
+    discounts = np.log2(np.arange(2, min(len(ranked), RANK_CUTOFF) + 2))
+    gains = ranked[:RANK_CUTOFF] / discounts
+    ideal = np.sort(ranked)[::-1][:RANK_CUTOFF] / discounts
     hits = np.flatnonzero(ranked)
     first_hit = hits[0] + 1
     return {
