@@ -77,7 +77,7 @@ def wordpiece_vocabulary(texts):
 
 
 def write_tiny_bert(model_dir, texts, hidden_size=32, layers=2, heads=2, seed=0):
-    """Save a randomly initialised BertModel and a WordPiece tokenizer trained on `texts`."""
+    """Save a randomly initialised BertModel and a WordPiece tokenizer whose vocabulary comes from `texts`."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
