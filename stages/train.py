@@ -7,14 +7,13 @@ process per GPU (the Trainer's distributed data parallel); running
 """
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from stages.common import LABELS, StageError, atomic_path, load_params, run
 from stages.metrics import write_evaluation
-from stages.training import (checkpoint_to_resume, device_flags, make_trainer, predict_in_order, run_fingerprint,
-                             training_arguments)
+from stages.training import (checkpoint_to_resume, device_flags, empty_checkpoints, make_trainer, predict_in_order,
+                             run_fingerprint, training_arguments)
 
 def launch_distributed(gpus):
     import torch
@@ -63,7 +62,7 @@ def main():
             fingerprint = run_fingerprint(params, [*args.encoded_dir.glob("*/*.arrow"), *args.pretrained_dir.glob("*.safetensors")])
             resume_from = checkpoint_to_resume(args.checkpoints, fingerprint, main_process)
         elif main_process:
-            shutil.rmtree(args.checkpoints, ignore_errors=True)
+            empty_checkpoints(args.checkpoints)
     if resume_from and main_process:
         print(f"train: resuming the interrupted run from {resume_from}")
     train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")
@@ -82,8 +81,7 @@ def main():
             model.save_pretrained(model_dir)  # with the head trained in place when features were cached
             tokenizer.save_pretrained(model_dir)
         write_evaluation(train_set.to_pandas(), val_set.to_pandas(), probabilities, args.eval_dir, effective_batch_size)
-        shutil.rmtree(args.checkpoints, ignore_errors=True)  # the run completed: nothing to resume
-        args.checkpoints.mkdir(parents=True)
+        empty_checkpoints(args.checkpoints)  # the run completed: nothing to resume
 
 
 if __name__ == "__main__":

@@ -115,7 +115,12 @@ def checkpoint_to_resume(checkpoints, fingerprint, main_process):
             return last
     if not main_process:
         return None
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    checkpoints.mkdir(parents=True)
+    empty_checkpoints(checkpoints)
     stamp.write_text(json.dumps({"fingerprint": fingerprint}))
     return None
+
+
+def empty_checkpoints(checkpoints):
+    """Leave the checkpoints folder empty but present: DVC requires a declared output to exist."""
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.mkdir(parents=True)
