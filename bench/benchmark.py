@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from stages.common import LABELS, load_params
-from stages.scorer import INPUT_NAMES
 from tests.tiny import FILLER, OFF_TOPIC, TOPICS, write_tiny_bert
 
 RESULTS = Path(__file__).parent / "results"
+MAX_LENGTH = load_params("encode")["max_length"]
 AUC_TOLERANCE = 0.05  # |reference - project| validation ROC-AUC allowed for "same results"
 
 
@@ -63,7 +64,7 @@ def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
     from stages.metrics import classification_metrics
-    from stages.training import make_trainer, predict_in_order, training_arguments
+    from stages.training import make_trainer, training_arguments
 
     set_seed(42)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -89,11 +90,9 @@ def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
         trainer = Trainer(model=model, args=args, train_dataset=PairsDataset(queries, titles, labels), eval_dataset=val_set)
     else:  # this project's train stage path
         def encode(q, t, y):
-            return Dataset.from_dict({"label": y, **tokenizer(q, t, truncation=True, max_length=128)})
+            return Dataset.from_dict({"label": y, **tokenizer(q, t, truncation=True, max_length=MAX_LENGTH)})
 
-        params = {"epochs": epochs, "batch_size": 16, "eval_batch_size": 64, "learning_rate": 5e-5, "warmup_steps": 500,
-                  "weight_decay": 0.01, "seed": 42, "precision": "auto", "resume": False, "freeze_base": freeze,
-                  "cache_features": True, "group_by_length": True}
+        params = {**load_params("train"), "epochs": epochs, "freeze_base": freeze, "resume": False}
         training_args = training_arguments(params, scratch)
         training_args.disable_tqdm = True
         trainer, val_set = make_trainer(params, training_args, model, tokenizer, encode(queries, titles, labels),
@@ -101,6 +100,18 @@ def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
     trainer.train()
     logits = predict_in_order(trainer, val_set)
     return classification_metrics(val_labels, torch.softmax(torch.from_numpy(logits), -1)[:, 1].numpy(), None)["roc_auc"]
+
+
+def predict_in_order(trainer, dataset):
+    """Logits for `dataset` in its row order: with group_by_length the Trainer's own evaluation
+    sampler groups rows by length too."""
+    from dataclasses import replace
+
+    from transformers import Trainer
+
+    in_order = replace(trainer.args, train_sampling_strategy="random", eval_strategy="no")
+    return Trainer(model=trainer.model, args=in_order, data_collator=trainer.data_collator,
+                   processing_class=trainer.processing_class).predict(dataset).predictions
 
 
 def useful_training_flops(model_dir, queries, titles):
@@ -111,7 +122,7 @@ def useful_training_flops(model_dir, queries, titles):
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     parameters = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in name)
-    encoded = AutoTokenizer.from_pretrained(model_dir)(queries, titles, truncation=True, max_length=128)
+    encoded = AutoTokenizer.from_pretrained(model_dir)(queries, titles, truncation=True, max_length=MAX_LENGTH)
     lengths = np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.float64)
     layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     return 6 * parameters * lengths.sum() + 12 * layers * hidden * (lengths ** 2).sum()
@@ -144,9 +155,9 @@ def bench_scoring(model_dir, args, scratch):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from stages.export import export_onnx, write_metadata
-    from stages.int8 import quantize
-    from stages.scorer import METADATA_FILE, RelevanceScorer
+    from scorer import METADATA_FILE, TOKENIZER_FILE, RelevanceScorer
+    from stages.export import export_onnx, save_serving_tokenizer, write_metadata
+    from stages.quantize import quantize
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -154,13 +165,13 @@ def bench_scoring(model_dir, args, scratch):
     queries, titles, _ = realistic_pairs(256, seed=3)
 
     def batch(size, start=0):
-        encoded = tokenizer(queries[start:start + size], titles[start:start + size], truncation=True, max_length=128,
-                            padding=True, return_tensors="np")
-        return {name: encoded[name].astype(np.int64) for name in INPUT_NAMES}
+        encoded = tokenizer(queries[start:start + size], titles[start:start + size], truncation=True,
+                            max_length=MAX_LENGTH, padding=True, return_tensors="np")
+        return {name: encoded[name].astype(np.int64) for name in tokenizer.model_input_names}
 
     onnx_path, int8_path = scratch / "model.onnx", scratch / "model.int8.onnx"
     export_onnx(model, batch(4), onnx_path, opset=args.opset)
-    quantize(onnx_path, int8_path)
+    quantize(onnx_path, int8_path, load_params("quantize"))
     sessions = {name: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 for name, path in (("onnxruntime fp32", onnx_path), ("onnxruntime int8", int8_path))}
     results = {}
@@ -178,16 +189,16 @@ def bench_scoring(model_dir, args, scratch):
 
     # End to end, tokenizing included, as a service scores a list of pairs: RelevanceScorer (length-sorted
     # batches) against the transformers tokenizer and PyTorch eager on batches in input order.
-    tokenizer.save_pretrained(scratch)  # tokenizer.json beside the ONNX files
-    write_metadata(scratch / METADATA_FILE, model, tokenizer, {"opset": args.opset}, max_length=128)
+    save_serving_tokenizer(tokenizer, scratch / TOKENIZER_FILE, MAX_LENGTH)  # beside the ONNX files, as export does
+    write_metadata(scratch / METADATA_FILE, model, tokenizer.model_input_names, args.opset, MAX_LENGTH)
     listed_queries, listed_titles, _ = realistic_pairs(1024, seed=4)
 
     def eager_end_to_end():
         with torch.no_grad():
             for start in range(0, len(listed_queries), 64):
                 encoded = tokenizer(listed_queries[start:start + 64], listed_titles[start:start + 64], truncation=True,
-                                    max_length=128, padding=True, return_tensors="pt")
-                model(**{name: encoded[name] for name in INPUT_NAMES})
+                                    max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+                model(**{name: encoded[name] for name in tokenizer.model_input_names})
 
     scorers = {"pytorch eager": eager_end_to_end, **{
         f"RelevanceScorer {name}": (lambda s=RelevanceScorer(path): s.scores(listed_queries, listed_titles, batch_size=64))
@@ -212,7 +223,7 @@ def bench_pipeline(args, scratch):
     subprocess.run(dvc, cwd=project, env=env, check=True, capture_output=True)
     noop, _ = median_time(lambda: subprocess.run(dvc, cwd=project, env=env, check=True, capture_output=True), args.repeats)
     startup = {}
-    for stage in ("download", "split", "encode", "train", "export"):
+    for stage in yaml.safe_load((Path(__file__).parent.parent / "dvc.yaml").read_text())["stages"]:
         probe = f"import sys, stages.{stage}; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
         command = [sys.executable, "-c", probe]
         seconds, result = median_time(lambda: subprocess.run(command, check=True, capture_output=True, text=True,

@@ -3,6 +3,7 @@
 Every later stage reads only these outputs, so only this stage needs the network.
 """
 import argparse
+import fnmatch
 import hashlib
 import http.client
 import re
@@ -18,8 +19,9 @@ from pathlib import Path
 from stages.common import StageError, atomic_path, load_params, run
 
 CSV_NAME = "pairs.csv"
-# Weights are taken only as safetensors: nothing downloaded is unpickled or executed.
-MODEL_FILES = ["config.json", "*.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+MODEL_FILES = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+SAFETENSORS, PICKLED = "*.safetensors", "pytorch_model.bin"  # weights: the first the revision has
+WEIGHTS_FILE = "model.safetensors"
 OFFLINE_HINT = "set {param} in params.yaml to a local {what} to run offline"
 
 
@@ -73,40 +75,111 @@ def check_sha256(path, expected, url):
         raise StageError(f"data.url={url}: sha256 is {actual}, but data.sha256 expects {expected}")
 
 
-def fetch_model(name, revision, dest):
-    """Copy config, tokenizer and safetensors weights from a local folder or a pinned hub snapshot."""
-    if Path(name).is_dir():
-        source = Path(name)
-    else:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+def weights_pattern(files, where):
+    """safetensors when there are any, else the pickled PyTorch weights (never flax or TF files)."""
+    if any(fnmatch.fnmatch(name, SAFETENSORS) for name in files):
+        return SAFETENSORS
+    if PICKLED in files:
+        return PICKLED
+    raise StageError(f"{where}: no {SAFETENSORS} or {PICKLED} weights")
 
-        if not re.fullmatch(r"[0-9a-f]{40}", revision):
-            print(f"download: warning: model.revision={revision} is a moving ref; pin the commit hash printed "
-                  f"below in params.yaml so the same params always give the same model", file=sys.stderr)
-        try:
-            source = Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=MODEL_FILES))
-        except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
-            hint = OFFLINE_HINT.format(param="model.name", what="folder with config.json, tokenizer files and model.safetensors")
-            first_line = str(err).strip().splitlines()[0]
-            raise StageError(f"model.name={name} (revision {revision}): cannot fetch from the Hugging Face hub ({first_line}); {hint}") from None
-        print(f"download: {name} at revision {revision} is commit {source.name}")  # snapshots/<commit hash>
-    for required in ("config.json", "*.safetensors"):
-        if not any(source.glob(required)):
-            raise StageError(f"model.name={name}: no {required} in {source}; weights are loaded from safetensors only")
+
+def hub_snapshot(name, revision):
+    """A local folder with the model's config, tokenizer and weights files at a pinned hub revision."""
+    try:  # huggingface_hub's HTTP client (httpx before huggingface_hub 2): its errors are a dropped connection, a timeout
+        import httpx2
+    except ImportError:
+        import httpx as httpx2
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+        print(f"download: warning: model.revision={revision} is a moving ref; pin the commit hash printed "
+              f"below in params.yaml so the same params always give the same model", file=sys.stderr)
+    where = f"model.name={name} (revision {revision})"
+    try:
+        # One look-up gives the commit and its files: a branch that moves meanwhile changes neither.
+        info = HfApi().model_info(name, revision=revision)
+        patterns = [*MODEL_FILES, weights_pattern([file.rfilename for file in info.siblings], where)]
+        source = Path(snapshot_download(repo_id=name, revision=info.sha, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, httpx2.HTTPError) as err:
+        if isinstance(err, RevisionNotFoundError):
+            reason = "no such revision in the repository"
+        elif isinstance(err, RepositoryNotFoundError):
+            reason = "no such repository, or it is private or gated"
+        else:
+            reason = str(err).strip().splitlines()[0]
+        hint = OFFLINE_HINT.format(param="model.name", what="folder with config.json, vocab.txt and weights")
+        raise StageError(f"{where}: cannot fetch from the Hugging Face hub ({reason}); {hint}") from None
+    print(f"download: {name} at revision {revision} is commit {info.sha}")
+    return source
+
+
+def save_safetensors(source, dest):
+    """Copy safetensors weights, or convert pickled ones read with torch's restricted unpickler,
+    which rebuilds tensors and plain containers only: a pickle that would run code is refused."""
+    weights = sorted(source.glob(SAFETENSORS))
+    if weights:
+        for path in weights:
+            shutil.copyfile(path, dest / path.name)
+        return
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    pickled = source / PICKLED
+    try:
+        state = torch.load(pickled, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise StageError(f"{pickled}: refused to load: only tensors may be unpickled ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise StageError(f"{pickled}: not a state dict of tensors")
+    # Tied weights share storage, which safetensors refuses; give each its own copy.
+    save_file({key: tensor.contiguous().clone() for key, tensor in state.items()}, dest / WEIGHTS_FILE,
+              metadata={"format": "pt"})
+
+
+def fetch_model(name, revision, dest):
+    """Config, tokenizer and safetensors weights from a local folder or a pinned hub snapshot."""
+    source = Path(name) if Path(name).is_dir() else hub_snapshot(name, revision)
+    if not (source / "config.json").is_file():
+        raise StageError(f"model.name={name}: no config.json in {source}")
+    weights_pattern([path.name for path in source.iterdir()], f"model.name={name}: {source}")
     if not any((source / vocabulary).is_file() for vocabulary in ("tokenizer.json", "vocab.txt")):
         raise StageError(f"model.name={name}: cannot load its tokenizer: no tokenizer.json or vocab.txt in {source}")
 
     from transformers import AutoTokenizer
 
+    config = model_config(name, source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, config=config, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise StageError(f"model.name={name}: cannot load its tokenizer ({str(err).splitlines()[0]})") from None
     dest.mkdir(parents=True)
+    save_safetensors(source, dest)
     tokenizer.save_pretrained(dest)
-    for weights in [source / "config.json", *sorted(source.glob("*.safetensors"))]:
-        shutil.copyfile(weights, dest / weights.name)
+    config.save_pretrained(dest)
+
+
+def model_config(name, source):
+    """The model's transformers config. Google's original BERT releases (the default model among
+    them) ship TensorFlow's bert_config.json as config.json, without `model_type`; as transformers
+    used to, take the type from the model's name, and write the config transformers now expects."""
+    import json
+
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    raw = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    if "model_type" in raw:
+        return AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+    named = [model_type for model_type in CONFIG_MAPPING.keys() if model_type in str(name).lower()]
+    if not named:
+        raise StageError(f"model.name={name}: {source / 'config.json'} has no model_type, and the name names no "
+                         f"model type transformers knows")
+    return CONFIG_MAPPING[max(named, key=len)].from_dict(raw)
 
 
 def main():

@@ -1,26 +1,28 @@
-"""export: write the fine-tuned model as ONNX for a search service, prove onnxruntime matches
-PyTorch on real batches, and optionally quantize it to int8 within an ROC-AUC budget.
+"""export: write the fine-tuned model as one ONNX file for a search service and prove
+onnxruntime matches PyTorch on real batches.
 
-Beside model.onnx it writes tokenizer.json and metadata.json, everything stages/scorer.py
-(onnxruntime + tokenizers, no torch) needs to score pairs.
+Beside model.onnx it writes tokenizer.json (truncation and padding baked in) and metadata.json:
+everything the torch-free scorer (scorer/) or a client in another language needs.
 """
 import argparse
-import shutil
+import logging
 import subprocess
+import warnings
 from pathlib import Path
 
+from scorer import METADATA_FILE, TOKENIZER_FILE
 from stages.common import StageError, atomic_paths, load_params, run, write_json
-from stages.int8 import quantize_and_compare
-from stages.scorer import INPUT_NAMES, METADATA_FILE, TOKENIZER_FILE
 
 PARITY_BATCH_SIZES = (1, 7, 32)
+# The first onnxruntime release that implements each ONNX opset (onnxruntime's docs/Versioning.md).
+ONNXRUNTIME_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18", 23: "1.23"}
 
 
-def logits_only(model):
-    """Wrap the model so the graph's inputs are bound by keyword, in INPUT_NAMES order.
+def logits_only(model, input_names):
+    """Wrap the model so the graph's inputs, in `input_names` order, are passed to it by keyword.
 
-    BertForSequenceClassification.forward takes (input_ids, attention_mask, token_type_ids):
-    passing INPUT_NAMES positionally to it would silently swap two inputs.
+    BertForSequenceClassification.forward takes (input_ids, attention_mask, token_type_ids), the
+    tokenizer gives (input_ids, token_type_ids, attention_mask): a positional call would swap two.
     """
     import torch
 
@@ -29,8 +31,8 @@ def logits_only(model):
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, token_type_ids, attention_mask):
-            return self.model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask).logits
+        def forward(self, *inputs):
+            return self.model(**dict(zip(input_names, inputs))).logits
 
     return LogitsOnly().eval()
 
@@ -40,27 +42,41 @@ def parity_batches(dataset, tokenizer):
     carry padding), plus one batch padded past its longest row."""
     from transformers import DataCollatorWithPadding
 
-    rows = [{name: dataset[i % len(dataset)][name] for name in INPUT_NAMES} for i in range(max(PARITY_BATCH_SIZES))]
+    names = tokenizer.model_input_names
+    rows = [{name: dataset[i % len(dataset)][name] for name in names} for i in range(max(PARITY_BATCH_SIZES))]
     longest = max(len(row["input_ids"]) for row in rows)
     batches = [DataCollatorWithPadding(tokenizer, return_tensors="np")(rows[:size]) for size in PARITY_BATCH_SIZES]
     batches.append(DataCollatorWithPadding(tokenizer, padding="max_length", max_length=longest + 8, return_tensors="np")(rows[:4]))
-    return [{name: batch[name].astype("int64") for name in INPUT_NAMES} for batch in batches]
+    return [{name: batch[name].astype("int64") for name in names} for batch in batches]
 
 
 def export_onnx(model, example, path, opset):
+    """Export with the inputs of `example` (a dict, in graph order), dynamic batch and sequence
+    axes, then stamp the lowest IR version that holds the opset, so older runtimes load it."""
+    import onnx
     import torch
 
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    torch.onnx.export(
-        logits_only(model),
-        tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
-        path,
-        input_names=list(INPUT_NAMES),
-        output_names=["logits"],
-        dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
-        opset_version=opset,
-        external_data=False,  # one self-contained file for the search service
-    )
+    names = list(example)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..."
+    with warnings.catch_warnings():
+        # The exporter's notes on its own internals (axis renaming, pytree specs): nothing to act on.
+        warnings.filterwarnings("ignore", message=r"# The axis name")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        torch.onnx.export(
+            logits_only(model, names),
+            tuple(torch.from_numpy(example[name]) for name in names),
+            path,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_shapes=(tuple({0: batch, 1: sequence} for _ in names),),
+            opset_version=opset,
+            external_data=False,  # one self-contained file for the search service
+            verbose=False,
+        )
+    graph = onnx.load(path)
+    graph.ir_version = onnx.helper.find_min_ir_version_for(graph.opset_import)
+    onnx.save(graph, path)
 
 
 def check_opset(onnx_path, opset):
@@ -82,10 +98,22 @@ def max_logit_difference(model, onnx_path, batches):
     largest = 0.0
     for batch in batches:
         with torch.no_grad():
-            expected = model(**{name: torch.from_numpy(batch[name]) for name in INPUT_NAMES}).logits.numpy()
+            expected = model(**{name: torch.from_numpy(array) for name, array in batch.items()}).logits.numpy()
         (actual,) = session.run(["logits"], batch)
         largest = max(largest, float(np.abs(actual - expected).max()))
     return largest
+
+
+def save_serving_tokenizer(tokenizer, path, max_length):
+    """tokenizer.json that encodes pairs exactly as the encode stage did, with nothing set by the
+    client: truncation to max_length (longest first) and padding to the longest pair of a batch."""
+    from tokenizers import Tokenizer
+
+    serving = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    serving.enable_truncation(max_length, strategy="longest_first")
+    serving.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
+                           pad_type_id=tokenizer.pad_token_type_id)
+    serving.save(str(path))
 
 
 def git_revision():
@@ -96,15 +124,14 @@ def git_revision():
         return None
 
 
-def write_metadata(path, model, tokenizer, params, max_length):
+def write_metadata(path, model, input_names, opset, max_length):
     write_json(path, {
         "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
         "max_length": max_length,
-        "opset": params["opset"],
-        "inputs": list(INPUT_NAMES),
+        "inputs": list(input_names),
         "output": "logits",
-        "pad_token": tokenizer.pad_token,
-        "pad_token_id": tokenizer.pad_token_id,
+        "opset": opset,
+        "min_onnxruntime": ONNXRUNTIME_FOR_OPSET.get(opset),
         "made_by": {"git_revision": git_revision(), "params": load_params()},
     })
 
@@ -112,10 +139,10 @@ def write_metadata(path, model, tokenizer, params, max_length):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model_dir", type=Path, help="fine-tuned model and tokenizer (models/finetuned)")
-    parser.add_argument("val_dataset", type=Path, help="tokenized validation pairs for the checks (data/encoded/val)")
-    parser.add_argument("onnx_path", type=Path, help="output ONNX file (models/model.onnx); the int8 model, "
-                        f"{TOKENIZER_FILE} and {METADATA_FILE} go beside it")
-    parser.add_argument("metrics_path", type=Path, help="output metrics JSON (results/export/metrics.json)")
+    parser.add_argument("val_dataset", type=Path, help="tokenized validation pairs for the parity check (data/encoded/val)")
+    parser.add_argument("onnx_path", type=Path, help=f"output ONNX file (models/model.onnx); {TOKENIZER_FILE} and "
+                        f"{METADATA_FILE} go beside it")
+    parser.add_argument("metrics_path", type=Path, help="output parity metrics (results/export/metrics.json)")
     args = parser.parse_args()
     params = load_params("export")
     max_length = load_params("encode")["max_length"]
@@ -128,13 +155,11 @@ def main():
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model_dir, local_files_only=True, use_safetensors=True, dtype="float32").eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
-    val_set = load_from_disk(args.val_dataset)
-    batches = parity_batches(val_set, tokenizer)
+    batches = parity_batches(load_from_disk(args.val_dataset), tokenizer)
     models_dir = args.onnx_path.parent
-    int8_path = args.onnx_path.with_suffix(".int8.onnx")
 
-    outputs = (args.onnx_path, models_dir / TOKENIZER_FILE, models_dir / METADATA_FILE, int8_path)
-    with atomic_paths(*outputs) as (onnx_path, tokenizer_path, metadata_path, int8_tmp):
+    with atomic_paths(args.onnx_path, models_dir / TOKENIZER_FILE, models_dir / METADATA_FILE) as (
+            onnx_path, tokenizer_path, metadata_path):
         export_onnx(model, batches[1], onnx_path, params["opset"])
         onnx.checker.check_model(onnx_path, full_check=True)
         check_opset(onnx_path, params["opset"])
@@ -142,13 +167,12 @@ def main():
         if difference > params["atol"]:
             raise StageError(f"{args.onnx_path}: onnxruntime logits differ from PyTorch by {difference:.3g}, "
                              f"more than export.atol={params['atol']}")
-        shutil.copyfile(args.model_dir / TOKENIZER_FILE, tokenizer_path)
-        write_metadata(metadata_path, model, tokenizer, params, max_length)
-        metrics = {"max_abs_logit_diff": difference, "parity_batches": [list(b["input_ids"].shape) for b in batches]}
-        if params["quantize"]:
-            metrics["int8"] = quantize_and_compare(onnx_path, int8_tmp, val_set.to_pandas(), params["max_auc_drop"])
-    write_json(args.metrics_path, metrics)
-    print(f"export: {args.onnx_path} matches PyTorch within {difference:.3g} (export.atol={params['atol']})")
+        save_serving_tokenizer(tokenizer, tokenizer_path, max_length)
+        write_metadata(metadata_path, model, tokenizer.model_input_names, params["opset"], max_length)
+    write_json(args.metrics_path, {"max_abs_logit_diff": difference,
+                                   "parity_batches": [list(b["input_ids"].shape) for b in batches]})
+    print(f"export: {args.onnx_path} (opset {params['opset']}) matches PyTorch within {difference:.3g} "
+          f"(export.atol={params['atol']})")
 
 
 if __name__ == "__main__":

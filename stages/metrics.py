@@ -91,24 +91,3 @@ def tfidf_scores(fit_texts, queries, titles):
     vectorizer = TfidfVectorizer().fit(fit_texts)
     query_vectors, title_vectors = vectorizer.transform(queries), vectorizer.transform(titles)
     return np.asarray(query_vectors.multiply(title_vectors).sum(axis=1)).ravel()
-
-
-def write_evaluation(train_pairs, val_pairs, probabilities, eval_dir, effective_batch_size):
-    """Write the model's and the TF-IDF baseline's metrics, ROC, precision-recall and confusion plots."""
-    from dvclive import Live
-
-    labels, queries = val_pairs["label"], val_pairs["query"]
-    baseline = tfidf_scores([*train_pairs["query"], *train_pairs["title"]], queries, val_pairs["title"])
-    with Live(str(eval_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        if len(set(labels)) == 2:  # ROC and PR curves are undefined with one class
-            live.log_sklearn_plot("roc", labels, probabilities)
-            live.log_sklearn_plot("precision_recall", labels, probabilities)
-        live.log_sklearn_plot("confusion_matrix", labels, [int(p >= THRESHOLD) for p in probabilities])
-        live.summary = {
-            "effective_batch_size": effective_batch_size,
-            "pairs": len(labels),
-            "queries": len(set(queries)),
-            "model": relevance_metrics(queries, labels, probabilities),
-            "tfidf": relevance_metrics(queries, labels, baseline, threshold=None),
-        }
-    return live.summary

@@ -8,9 +8,10 @@ lands on both sides and flatters the score). With `folds` set, the validation se
 import argparse
 from pathlib import Path
 
-from stages.common import StageError, atomic_path, load_params, read_pairs, run
+from stages.common import StageError, atomic_path, load_params, read_pairs, run, write_json
 
 STRATEGIES = ("group", "random")
+CONFLICT_POLICIES = ("relevant", "drop", "error")
 
 
 def check_params(params, n_queries):
@@ -31,19 +32,36 @@ def check_params(params, n_queries):
         raise StageError(f"split.fold={fold}: expected an integer from 0 to {folds - 1} (split.folds={folds})")
 
 
-def drop_duplicates(pairs, path):
-    """Drop repeated (query, title) pairs; the same pair with two labels is an error naming both rows."""
-    labels_per_pair = pairs.groupby(["query", "title"])["label"].nunique()
-    conflicting = labels_per_pair[labels_per_pair > 1]
-    if len(conflicting):
-        query, title = conflicting.index[0]
+def resolve_duplicates(pairs, path, policy):
+    """One row per (query, title) pair, and how many pairs were repeated or labelled both ways.
+
+    The same pair with both labels is common in judgments joined on titles (preprint and published
+    versions of a paper, generic titles). split.conflicting_labels says what to do: `relevant`
+    keeps the pair as relevant (some judge found a document of that title relevant), `drop` leaves
+    it out, `error` stops naming both rows.
+    """
+    if policy not in CONFLICT_POLICIES:
+        raise StageError(f"split.conflicting_labels={policy}: expected one of {', '.join(CONFLICT_POLICIES)}")
+    labels_per_pair = pairs.groupby(["query", "title"])["label"].transform("nunique")
+    conflicting = pairs[labels_per_pair > 1]
+    if len(conflicting) and policy == "error":
+        query, title = conflicting.iloc[0][["query", "title"]]
         rows = pairs.index[(pairs["query"] == query) & (pairs["title"] == title)] + 2  # 1-based, after the header
         raise StageError(f"{path}: rows {rows[0]} and {rows[-1]} label the same pair ({query!r}, {title!r}) "
-                         f"differently; fix one of them")
-    unique = pairs.drop_duplicates(subset=["query", "title"])
-    if len(unique) < len(pairs):
-        print(f"split: dropped {len(pairs) - len(unique)} duplicate (query, title) pair(s) from {path}")
-    return unique
+                         f"differently; fix one of them, or set split.conflicting_labels to relevant or drop")
+    n_conflicting = len(conflicting.drop_duplicates(["query", "title"]))
+    rows = len(pairs)
+    if policy == "drop":
+        pairs = pairs[labels_per_pair == 1]
+    # Highest label first, so a conflicting pair keeps label 1; then the first row of each pair.
+    unique = pairs.sort_values("label", ascending=False, kind="stable").drop_duplicates(["query", "title"]).sort_index()
+    repeated = len(pairs) - len(unique)
+    if repeated or n_conflicting:
+        resolution = "kept as relevant" if policy == "relevant" else "dropped"
+        print(f"split: {path}: {repeated} row(s) repeating a pair merged; {n_conflicting} pair(s) labelled both "
+              f"0 and 1 {resolution} (split.conflicting_labels={policy})")
+    return unique, {"rows": rows, "repeated_rows": repeated, "conflicting_pairs": n_conflicting,
+                    "conflicting_labels": policy, "pairs": len(unique)}
 
 
 def check_both_classes(pairs, where):
@@ -79,10 +97,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("raw_csv", type=Path, help="query,title,label CSV (data/raw/pairs.csv)")
     parser.add_argument("split_dir", type=Path, help="output folder for train.csv and val.csv (data/split)")
+    parser.add_argument("report", type=Path, help="output: counts of rows, pairs and conflicts (results/split/metrics.json)")
     args = parser.parse_args()
     params = load_params("split")
 
-    pairs = drop_duplicates(read_pairs(args.raw_csv), args.raw_csv)
+    pairs, counts = resolve_duplicates(read_pairs(args.raw_csv), args.raw_csv, params["conflicting_labels"])
     check_both_classes(pairs, args.raw_csv)
     train_pairs, val_pairs = split_pairs(pairs, params)
     check_both_classes(train_pairs, f"the training set split from {args.raw_csv} (split.seed={params['seed']})")
@@ -90,6 +109,8 @@ def main():
         split_dir.mkdir()
         train_pairs.to_csv(split_dir / "train.csv", index=False)
         val_pairs.to_csv(split_dir / "val.csv", index=False)
+    write_json(args.report, {**counts, "train_pairs": len(train_pairs), "val_pairs": len(val_pairs),
+                             "train_queries": train_pairs["query"].nunique(), "val_queries": val_pairs["query"].nunique()})
     print(f"split: {len(train_pairs)} training pairs ({train_pairs['query'].nunique()} queries), "
           f"{len(val_pairs)} validation pairs ({val_pairs['query'].nunique()} queries)")
 

@@ -1,9 +1,10 @@
-"""train: fine-tune the pretrained BERT as a (query, title) relevance classifier with the
-transformers Trainer, then evaluate it and a TF-IDF baseline on the validation pairs.
+"""train: fine-tune the pretrained model as a (query, title) relevance classifier with the
+transformers Trainer, logging the training and validation loss per epoch with dvclive.
 
-Runs on CPU or one GPU as is. With train.gpus: N > 1 it starts itself under torchrun, one
-process per GPU (the Trainer's distributed data parallel); running
-`torchrun --nproc-per-node N -m stages.train ...` by hand does the same. Only rank 0 writes.
+Runs on CPU or one GPU as is (one GPU even when the host has several). With train.gpus: N > 1
+it starts itself under torchrun, one process per GPU (the Trainer's distributed data parallel);
+running `torchrun --nproc-per-node N -m stages.train ...` by hand does the same, also on CPU
+(over gloo). Only rank 0 writes.
 """
 import argparse
 import os
@@ -11,9 +12,9 @@ import sys
 from pathlib import Path
 
 from stages.common import LABELS, StageError, atomic_path, load_params, run
-from stages.metrics import write_evaluation
-from stages.training import (checkpoint_to_resume, device_flags, empty_checkpoints, make_trainer, predict_in_order,
-                             run_fingerprint, training_arguments)
+from stages.training import (checkpoint_to_resume, device_flags, empty_checkpoints, make_trainer, run_fingerprint,
+                             training_arguments)
+
 
 def launch_distributed(gpus):
     import torch
@@ -31,8 +32,7 @@ def main():
     parser.add_argument("model_dir", type=Path, help="output: fine-tuned model and tokenizer (models/finetuned)")
     parser.add_argument("checkpoints", type=Path, help="output kept between runs: the Trainer's checkpoints, "
                         "empty after a completed run (models/checkpoints)")
-    parser.add_argument("results_dir", type=Path, help="output: dvclive training log and plots (results/train)")
-    parser.add_argument("eval_dir", type=Path, help="output: validation metrics and plots (results/eval)")
+    parser.add_argument("results_dir", type=Path, help="output: dvclive training log and loss curves (results/train)")
     args = parser.parse_args()
     params = load_params("train")
     device_flags(params["precision"])  # refuse a bad train.precision before launching anything
@@ -41,7 +41,6 @@ def main():
 
     from datasets import load_from_disk
     from dvclive import Live
-    from scipy.special import softmax
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from transformers.integrations import DVCLiveCallback
 
@@ -55,7 +54,7 @@ def main():
         model.base_model.requires_grad_(False)
 
     training_args = training_arguments(params, args.checkpoints)
-    main_process = training_args.process_index == 0 and os.environ.get("RANK", "0") == "0"
+    main_process = training_args.process_index == 0
     resume_from = None
     with training_args.main_process_first(desc="checkpoint check"):
         if params["resume"]:
@@ -66,21 +65,19 @@ def main():
     if resume_from and main_process:
         print(f"train: resuming the interrupted run from {resume_from}")
     train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")
-    callbacks = [DVCLiveCallback(live=Live(str(args.results_dir), dvcyaml=False, save_dvc_exp=False, report=None))
-                 ] if main_process else []
-    trainer, val_inputs = make_trainer(params, training_args, model, tokenizer, train_set, val_set, callbacks)
+    live = Live(str(args.results_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main_process else None
+    trainer, _ = make_trainer(params, training_args, model, tokenizer, train_set, val_set,
+                              [DVCLiveCallback(live=live)] if live else [])
     effective_batch_size = training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     if main_process:
+        live.log_param("effective_batch_size", effective_batch_size)
         print(f"train: {len(train_set)} pairs, effective batch size {effective_batch_size} "
               f"({training_args.world_size} process(es) x {training_args.train_batch_size})")
     trainer.train(resume_from_checkpoint=resume_from)
-    logits = predict_in_order(trainer, val_inputs)  # gathered from every process
     if main_process:
-        probabilities = softmax(logits.astype("float64"), axis=-1)[:, LABELS.index("relevant")]
         with atomic_path(args.model_dir) as model_dir:
             model.save_pretrained(model_dir)  # with the head trained in place when features were cached
             tokenizer.save_pretrained(model_dir)
-        write_evaluation(train_set.to_pandas(), val_set.to_pandas(), probabilities, args.eval_dir, effective_batch_size)
         empty_checkpoints(args.checkpoints)  # the run completed: nothing to resume
 
 

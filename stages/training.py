@@ -3,6 +3,7 @@
 stages/train.py and the benchmark, so both measure and run the same thing."""
 import hashlib
 import json
+import os
 import shutil
 
 from stages.common import StageError
@@ -11,26 +12,28 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def device_flags(precision):
-    """TrainingArguments flags for train.precision and the device: `auto` picks bf16, then fp16 on a GPU, fp32 on CPU."""
+    """TrainingArguments flags for train.precision and the device: `auto` is bf16 on GPUs that compute
+    in it natively (compute capability 8.0, Ampere, and newer), fp16 on older GPUs, fp32 on CPU.
+
+    Not torch.cuda.is_bf16_supported(): it is True on GPUs that only emulate bf16 (T4, V100), slowly.
+    """
     import torch
 
     if precision not in PRECISIONS:
         raise StageError(f"train.precision={precision}: expected one of {', '.join(PRECISIONS)}")
+    gpu = torch.cuda.is_available()
+    ampere_or_newer = gpu and torch.cuda.get_device_capability() >= (8, 0)
     if precision == "auto":
-        if not torch.cuda.is_available():
-            precision = "fp32"
-        else:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision != "fp32" and not torch.cuda.is_available():
+        precision = "fp32" if not gpu else "bf16" if ampere_or_newer else "fp16"
+    if precision != "fp32" and not gpu:
         raise StageError(f"train.precision={precision}: mixed precision needs a GPU; use auto or fp32 on CPU")
     # TF32 matmuls on Ampere and newer: a large speed-up for a negligible precision change.
-    tf32 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "tf32": tf32 or None,
-            "dataloader_pin_memory": torch.cuda.is_available()}
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "tf32": ampere_or_newer or None,
+            "dataloader_pin_memory": gpu}
 
 
 def compute_metrics(eval_pred):
-    """Per-epoch metrics for the training curves; the full evaluation runs once after training."""
+    """Per-epoch validation metrics for the training curves; the evaluate stage measures the exported model."""
     from sklearn.metrics import accuracy_score, f1_score
 
     logits, labels = eval_pred
@@ -39,10 +42,13 @@ def compute_metrics(eval_pred):
 
 
 def training_arguments(params, output_dir):
+    import torch
     from transformers import TrainingArguments
+    from transformers.training_args import ParallelMode
 
     cached = params["freeze_base"] and params["cache_features"]
-    return TrainingArguments(
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=params["epochs"],
         per_device_train_batch_size=params["batch_size"],
@@ -58,12 +64,23 @@ def training_arguments(params, output_dir):
         # Batches of similar lengths (dynamic padding then pads little); only for token inputs.
         train_sampling_strategy="group_by_length" if params["group_by_length"] and not cached else "random",
         report_to="none",  # dvclive is attached by the caller, on rank 0 only, with dvc.yaml left alone
+        # One label per pair, so nothing to weigh by token counts; left on, transformers 5.24 multiplies
+        # the logged validation loss by the number of processes (seen under torchrun: 1.38 for 0.69).
+        average_tokens_across_devices=False,
+        # Several processes without a GPU (torchrun on CPU): DDP over gloo, NCCL's CPU counterpart.
+        **({"use_cpu": True, "ddp_backend": "gloo"} if cpu_processes else {}),
         **device_flags(params["precision"]),
     )
+    if args.parallel_mode == ParallelMode.NOT_DISTRIBUTED and args.n_gpu > 1:
+        # One process that sees several GPUs: the Trainer would wrap the model in DataParallel over
+        # all of them, so the batch and the result would depend on the host. train.gpus: N > 1
+        # runs N processes under torchrun instead; one process uses one GPU.
+        args._n_gpu = 1
+    return args
 
 
 def make_trainer(params, training_args, model, tokenizer, train_set, val_set, callbacks=()):
-    """The Trainer this stage trains with, and the validation inputs to predict on: tokenized pairs
+    """The Trainer this stage trains with, and the validation inputs it evaluates on: tokenized pairs
     padded per batch, or, for a frozen base with cache_features, its pooled outputs computed once."""
     from transformers import DataCollatorWithPadding, Trainer, default_data_collator
 
@@ -80,18 +97,6 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, ca
                       processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
                       callbacks=list(callbacks))
     return trainer, val_inputs
-
-
-def predict_in_order(trainer, dataset):
-    """Logits for `dataset` in its own row order. The Trainer's own predict cannot promise that:
-    with group_by_length its evaluation sampler groups rows by length too."""
-    from dataclasses import replace
-
-    from transformers import Trainer
-
-    in_order = replace(trainer.args, train_sampling_strategy="random", eval_strategy="no")
-    return Trainer(model=trainer.model, args=in_order, data_collator=trainer.data_collator,
-                   processing_class=trainer.processing_class).predict(dataset).predictions
 
 
 def run_fingerprint(params, data_files):

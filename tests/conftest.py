@@ -9,7 +9,7 @@ import pytest
 
 from tests.tiny import csv_texts, make_scratch_project, write_pairs_csv, write_tiny_bert
 
-STAGES = ["download", "split", "encode", "train", "export"]
+STAGES = ["download", "split", "encode", "train", "export", "quantize", "evaluate"]
 
 
 def pipeline_env(**extra):
@@ -40,44 +40,51 @@ def stages_run(repro_output):
     return re.findall(r"^Running stage '(\w+)'", repro_output, flags=re.MULTILINE)
 
 
-def saved_model_roc_auc(project):
-    """ROC-AUC of models/finetuned on the validation pairs, computed here in dataset order with PyTorch."""
-    import numpy as np
-    import torch
-    from datasets import load_from_disk
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory, worker_id):
+    """A folder shared by every pytest-xdist worker of this session (and a lock to build in it):
+    what is expensive to build is built once per session, not once per worker."""
+    session_temp = tmp_path_factory.getbasetemp()
+    shared = (session_temp if worker_id == "master" else session_temp.parent) / "shared"
+    shared.mkdir(exist_ok=True)
+    return shared
 
-    from stages.metrics import classification_metrics
-    from stages.scorer import INPUT_NAMES
 
-    model = AutoModelForSequenceClassification.from_pretrained(project / "models/finetuned").eval()
-    tokenizer = AutoTokenizer.from_pretrained(project / "models/finetuned")
-    val_set = load_from_disk(project / "data/encoded/val")
-    batch = tokenizer.pad({name: val_set[name] for name in INPUT_NAMES}, return_tensors="pt")
-    with torch.no_grad():
-        probabilities = torch.softmax(model(**batch).logits, dim=-1)[:, 1].numpy()
-    return classification_metrics(np.array(val_set["label"]), probabilities)["roc_auc"]
+def build_once(shared_dir, name, build):
+    """`build(path)` the first time any worker asks for `name`; every worker gets the same path."""
+    from filelock import FileLock
+
+    path = shared_dir / name
+    with FileLock(str(shared_dir / f"{name}.lock")):
+        if not (shared_dir / f"{name}.done").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            (shared_dir / f"{name}.done").touch()
+    return path
 
 
 @pytest.fixture(scope="session")
-def pairs_csv(tmp_path_factory):
-    return write_pairs_csv(tmp_path_factory.mktemp("data") / "pairs.csv")
+def pairs_csv(shared_dir):
+    return build_once(shared_dir, "pairs.csv", write_pairs_csv)
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory, pairs_csv):
-    return write_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert", csv_texts(pairs_csv))
+def tiny_bert(shared_dir, pairs_csv):
+    return build_once(shared_dir, "tiny-bert", lambda path: write_tiny_bert(path, csv_texts(pairs_csv)))
 
 
 @pytest.fixture(scope="session")
-def reproduced_project(tmp_path_factory, pairs_csv, tiny_bert):
-    """A scratch copy of the project after one full `dvc repro`, with its results committed."""
-    project = make_scratch_project(tmp_path_factory.mktemp("reproduced") / "project", pairs_csv, tiny_bert)
-    result = dvc("repro", cwd=project)
-    assert stages_run(result.stdout) == STAGES
-    git("add", "-A", cwd=project)
-    git("commit", "-q", "-m", "first run", cwd=project)
-    return project
+def reproduced_project(shared_dir, pairs_csv, tiny_bert):
+    """A scratch copy of the project after one full `dvc repro`, with its results committed.
+    Shared by all tests: run dvc commands that write in a `project` copy, not here."""
+    def reproduce(project):
+        make_scratch_project(project, pairs_csv, tiny_bert)
+        result = dvc("repro", cwd=project)
+        assert stages_run(result.stdout) == STAGES
+        git("add", "-A", cwd=project)
+        git("commit", "-q", "-m", "first run", cwd=project)
+
+    return build_once(shared_dir, "reproduced", reproduce)
 
 
 @pytest.fixture

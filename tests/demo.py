@@ -35,7 +35,7 @@ def main():
         print(f"\n$ cd {project} && {' '.join(command)}", flush=True)
         subprocess.run([sys.executable, "-m", *command], cwd=project, env=env, check=True)
     print(f"\nDone: {project / 'models/model.onnx'}\nTry a change: edit train.learning_rate in "
-          f"{project / 'params.yaml'} and run `dvc repro` there; only train and export rerun.")
+          f"{project / 'params.yaml'} and run `dvc repro` there; only the stages from train on rerun.")
 
 
 if __name__ == "__main__":

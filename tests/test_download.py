@@ -100,12 +100,68 @@ def test_local_model_folder_is_copied_with_safetensors_weights(tiny_bert, tmp_pa
     assert names == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
 
 
-def test_model_without_safetensors_weights_is_refused(tiny_bert, tmp_path):
-    pickled_only = shutil.copytree(tiny_bert, tmp_path / "pickled")
-    (pickled_only / "model.safetensors").rename(pickled_only / "pytorch_model.bin")
-    with pytest.raises(StageError, match=r"no \*\.safetensors .*safetensors only"):
-        fetch_model(str(pickled_only), "main", tmp_path / "pretrained")
-    assert not (tmp_path / "pretrained").exists()
+def pickled_copy(tiny_bert, tmp_path, state=None):
+    """The tiny model as the default model's hub repository has it: pytorch_model.bin, vocab.txt, and a
+    config.json without model_type (Google's TensorFlow bert_config.json), no safetensors, no tokenizer files."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bert-pickled"
+    folder.mkdir()
+    shutil.copyfile(tiny_bert / "vocab.txt", folder / "vocab.txt")
+    config = json.loads((tiny_bert / "config.json").read_text())
+    keys = ("hidden_size", "hidden_act", "initializer_range", "vocab_size", "hidden_dropout_prob", "num_attention_heads",
+            "type_vocab_size", "max_position_embeddings", "num_hidden_layers", "intermediate_size",
+            "attention_probs_dropout_prob")
+    (folder / "config.json").write_text(json.dumps({key: config[key] for key in keys}))
+    weights = load_file(tiny_bert / "model.safetensors")
+    torch.save(state if state is not None else weights, folder / "pytorch_model.bin")
+    return folder, weights
+
+
+def test_pickled_weights_are_loaded_safely_and_saved_as_safetensors(tiny_bert, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder, weights = pickled_copy(tiny_bert, tmp_path)
+    fetch_model(str(folder), "main", tmp_path / "pretrained")
+    pretrained = tmp_path / "pretrained"
+    assert "pytorch_model.bin" not in {p.name for p in pretrained.iterdir()}
+    saved = load_file(pretrained / "model.safetensors")
+    assert saved.keys() == weights.keys() and all(saved[k].equal(v) for k, v in weights.items())
+    assert AutoConfig.from_pretrained(pretrained).model_type == "bert"
+    assert AutoTokenizer.from_pretrained(pretrained)("Masks")["input_ids"] == AutoTokenizer.from_pretrained(tiny_bert)("Masks")["input_ids"]
+
+
+class RunsACommand:
+    """What a hostile pickle carries: unpickling it calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("payload", ["os.system", "unknown global"])
+def test_a_pickle_that_would_run_code_stops_the_stage_runs_nothing_and_writes_nothing(fresh_project, tiny_bert, tmp_path, payload):
+    import argparse
+
+    marker = tmp_path / "pwned"
+    hostile = {"bert.embeddings.word_embeddings.weight": RunsACommand(marker)} if payload == "os.system" else {
+        "settings": argparse.Namespace(lr=1)}
+    folder, _ = pickled_copy(tiny_bert, tmp_path, state=hostile)
+    set_params(fresh_project, {"model": {"name": str(folder)}})
+    result = run_download(fresh_project)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {folder / 'pytorch_model.bin'}: refused to load: only tensors may be unpickled (")
+    assert not marker.exists(), "the pickle's command ran"
+    assert_nothing_written(fresh_project)
 
 
 def test_refused_connection_fails_at_once_in_one_line_naming_the_url(fresh_project):
@@ -127,6 +183,6 @@ def test_unreachable_hub_fails_in_one_line_naming_the_model(fresh_project, tmp_p
     warning, line = result.stderr.strip().splitlines()
     assert warning.startswith("download: warning: model.revision=main is a moving ref; pin the commit hash")
     assert line.startswith("error: model.name=google/bert_uncased_L-4_H-512_A-8 (revision main): cannot fetch")
-    assert line.endswith("set model.name in params.yaml to a local folder with config.json, tokenizer files "
-                         "and model.safetensors to run offline")
+    assert line.endswith("set model.name in params.yaml to a local folder with config.json, vocab.txt and weights "
+                         "to run offline")
     assert_nothing_written(fresh_project)

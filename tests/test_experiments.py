@@ -38,7 +38,7 @@ def test_exp_run_with_a_set_param_records_its_metrics(project):
     dvc("exp", "run", "-S", "train.learning_rate=0.0005", "--name", "lr-5e-4", cwd=project)
     params, metrics = experiments(project)["lr-5e-4"]
     assert params["train"]["learning_rate"] == 0.0005
-    assert 0 <= metrics["model"]["ndcg@10"] <= 1
+    assert 0 <= metrics["fp32"]["ndcg@10"] <= 1
 
 
 def test_metrics_and_params_diff_between_two_commits(project):
@@ -50,7 +50,7 @@ def test_metrics_and_params_diff_between_two_commits(project):
     assert (params["train.learning_rate"]["old"], params["train.learning_rate"]["new"]) == (0.001, 0.0005)
     metrics = json.loads(dvc("metrics", "diff", "HEAD~1", "HEAD", "--json", cwd=project).stdout)
     changed = metrics["results/eval/metrics.json"]
-    assert "model.roc_auc" in changed and changed["model.roc_auc"]["old"] != changed["model.roc_auc"]["new"]
+    assert "fp32.roc_auc" in changed and changed["fp32.roc_auc"]["old"] != changed["fp32.roc_auc"]["new"]
     assert "tfidf.roc_auc" not in changed, "the baseline does not depend on the learning rate"
 
 
@@ -72,6 +72,6 @@ def test_cross_validation_folds_run_as_queued_experiments_and_are_summarised(pro
     result = run_cli([sys.executable, str(PROJECT_ROOT / "scripts/summarize_folds.py"), "--json"], cwd=project)
     (summary,) = json.loads(result.stdout).values()
     assert summary["folds"] == [0, 1, 2]
-    auc = [metrics["model"]["roc_auc"] for _, metrics in runs]
-    assert summary["metrics"]["model.roc_auc"]["mean"] == pytest.approx(sum(auc) / 3)
-    assert summary["metrics"]["model.roc_auc"]["n"] == 3 and summary["metrics"]["model.roc_auc"]["std"] > 0
+    auc = [metrics["fp32"]["roc_auc"] for _, metrics in runs]
+    assert summary["metrics"]["fp32.roc_auc"]["mean"] == pytest.approx(sum(auc) / 3)
+    assert summary["metrics"]["fp32.roc_auc"]["n"] == 3 and summary["metrics"]["fp32.roc_auc"]["std"] > 0

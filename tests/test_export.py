@@ -1,12 +1,15 @@
-"""export: inputs bound by name, dynamic batch and sequence axes, opset and parity checks, int8."""
+"""export: inputs bound by name, dynamic batch and sequence axes, opset, IR version and parity
+checks, the serving tokenizer; quantize: the int8 model loads at every opset."""
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from stages.common import StageError
-from stages.export import INPUT_NAMES, check_opset, export_onnx, max_logit_difference
-from stages.int8 import quantize
+from stages.export import check_opset, export_onnx, max_logit_difference
+from stages.quantize import quantize
+
+INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")  # BERT's tokenizer's order
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,34 @@ def exported(classifier, tmp_path_factory, request):
     return path
 
 
+def test_ir_version_is_the_lowest_that_holds_the_opset(exported):
+    import onnx
+
+    model = onnx.load(exported)
+    opset = {entry.domain: entry.version for entry in model.opset_import}[""]
+    assert model.ir_version == {18: 8, 23: 11}[opset]  # onnx's VERSION_TABLE; the exporter writes 10 for both
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_serving_tokenizer_truncates_and_pads_by_itself(tiny_bert, tmp_path):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from stages.export import save_serving_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    save_serving_tokenizer(tokenizer, tmp_path / "tokenizer.json", max_length=12)
+    serving = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    pairs = [("coronavirus vaccine trial", "vaccine antibody trial study of the cohort in patients during the pandemic"),
+             ("masks", "face")]
+    encoded = serving.encode_batch(pairs)
+    expected = tokenizer([q for q, _ in pairs], [t for _, t in pairs], truncation=True, max_length=12)
+    assert [len(e.ids) for e in encoded] == [12, 12], "padded to the longest pair of the batch"
+    assert encoded[0].ids == expected["input_ids"][0] and encoded[0].type_ids == expected["token_type_ids"][0]
+    assert encoded[1].ids[:5] == expected["input_ids"][1] and encoded[1].attention_mask == [1] * 5 + [0] * 7
+    assert len(serving.encode(*pairs[1]).ids) == 5, "one pair alone is not padded to max_length"
+
+
 @pytest.mark.parametrize(("batch_size", "length"), [(1, 5), (7, 5), (1, 128), (7, 128)])
 def test_onnx_matches_pytorch_for_any_batch_size_and_length(classifier, exported, batch_size, length):
     batch = random_batch(np.random.default_rng(batch_size * length), batch_size, length, classifier.config.vocab_size)
@@ -60,7 +91,7 @@ def test_int8_model_loads_and_stays_close_to_float32(classifier, exported, tmp_p
     import onnxruntime
 
     int8_path = tmp_path / "model.int8.onnx"
-    quantize(exported, int8_path)
+    quantize(exported, int8_path, {"per_channel": False, "op_types": ["MatMul", "Gather"]})
     batch = random_batch(np.random.default_rng(2), 7, 20, classifier.config.vocab_size)
     (float32,) = onnxruntime.InferenceSession(str(exported)).run(["logits"], batch)
     (int8,) = onnxruntime.InferenceSession(str(int8_path)).run(["logits"], batch)

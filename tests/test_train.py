@@ -1,10 +1,53 @@
-"""train: precision choice and the evaluation metrics."""
+"""train: precision and device choices (on CPU, and on GPUs simulated by patching torch.cuda's
+queries: the choice is this project's logic), per-epoch metrics, resumable checkpoints."""
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 
 from stages.common import StageError
-from stages.training import compute_metrics, device_flags
+from stages.training import compute_metrics, device_flags, training_arguments
+
+TRAIN_PARAMS = {"epochs": 1, "batch_size": 16, "eval_batch_size": 64, "learning_rate": 5e-5, "warmup_steps": 0,
+                "weight_decay": 0.01, "seed": 42, "resume": False, "freeze_base": False, "cache_features": True,
+                "group_by_length": True, "precision": "auto", "gpus": 1}
+
+
+def simulated_gpus(count, capability):
+    """torch.cuda as a host with `count` GPUs of compute capability `capability` reports it (the
+    bf16 query says yes on all of them, as it does for T4 and V100, which only emulate bf16)."""
+    return mock.patch.multiple(torch.cuda, is_available=lambda: True, device_count=lambda: count,
+                               get_device_capability=lambda device=None: capability,
+                               is_bf16_supported=lambda *args, **kwargs: True)
+
+
+@pytest.mark.parametrize(("capability", "expected"), [
+    ((7, 0), "fp16"),   # V100
+    ((7, 5), "fp16"),   # T4: is_bf16_supported() is True there, but bf16 is emulated
+    ((8, 0), "bf16"),   # A100
+    ((9, 0), "bf16"),   # H100
+])
+def test_auto_precision_is_bf16_only_from_compute_capability_8(capability, expected):
+    with simulated_gpus(1, capability):
+        flags = device_flags("auto")
+    assert (flags["bf16"], flags["fp16"]) == (expected == "bf16", expected == "fp16")
+    assert flags["tf32"] is (True if capability >= (8, 0) else None)
+
+
+def test_one_gpu_is_used_on_a_host_with_several():
+    """Without torchrun the Trainer would wrap the model in DataParallel over every visible GPU."""
+    with simulated_gpus(4, (7, 0)), mock.patch.object(torch.cuda, "set_device"):  # pre-Ampere: no TF32 to enable
+        args = training_arguments({**TRAIN_PARAMS, "precision": "fp32"}, "unused")
+        assert (args.n_gpu, args.train_batch_size, args.world_size) == (1, 16, 1)
+
+
+def test_train_gpus_beyond_the_visible_ones_is_refused(monkeypatch):
+    from stages.train import launch_distributed
+
+    with simulated_gpus(2, (9, 0)):
+        with pytest.raises(StageError, match=r"train.gpus=4: only 2 GPU\(s\) visible"):
+            launch_distributed(4)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU choice")

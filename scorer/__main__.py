@@ -1,65 +1,22 @@
-"""Score (query, title) pairs with the exported model, with onnxruntime and the tokenizers
-library only: no torch, no transformers. What a search service needs to load the model.
+"""Score (query, title) pairs with the exported model from the command line (onnxruntime and
+tokenizers only, like the RelevanceScorer it runs):
 
-    python -m stages.scorer pairs PAIRS.csv SCORED.csv   # adds a `relevance` column, streaming
-    python -m stages.scorer rank "covid masks" TITLES.txt --top-k 10
-
-or from Python:
-
-    scorer = RelevanceScorer("models/model.onnx")  # reads tokenizer.json and metadata.json beside it
-    scorer.scores(["covid masks"], ["Face masks in schools"])  # -> P(relevant) per pair
+    python -m scorer pairs PAIRS.csv SCORED.csv   # adds a `relevance` column, streaming
+    python -m scorer rank "covid masks" TITLES.txt --top-k 10
+    python -m scorer --model models/model.int8.onnx rank ...
 """
 import argparse
 import csv
 import heapq
 import itertools
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+from scorer import RelevanceScorer
 
-TOKENIZER_FILE = "tokenizer.json"
-METADATA_FILE = "metadata.json"
-INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")  # the exported graph's inputs, in order
 BATCHES_PER_CHUNK = 16  # the command line reads this many batches at a time, to sort them by length
-
-
-class RelevanceScorer:
-    def __init__(self, onnx_path):
-        import onnxruntime
-        from tokenizers import Tokenizer
-
-        model_dir = Path(onnx_path).parent
-        self.metadata = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
-        self.tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
-        # The same truncation as the encode stage (transformers' truncation=True: longest first).
-        self.tokenizer.enable_truncation(self.metadata["max_length"], strategy="longest_first")
-        self.tokenizer.enable_padding(pad_id=self.metadata["pad_token_id"], pad_token=self.metadata["pad_token"])
-        self.session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        self.relevant = self.metadata["labels"].index("relevant")
-
-    def encode(self, queries, titles):
-        encodings = self.tokenizer.encode_batch(list(zip(queries, titles)))
-        columns = ([e.ids for e in encodings], [e.type_ids for e in encodings], [e.attention_mask for e in encodings])
-        return {name: np.array(column, dtype=np.int64) for name, column in zip(INPUT_NAMES, columns)}
-
-    def logits(self, queries, titles):
-        return self.session.run(["logits"], self.encode(queries, titles))[0]
-
-    def scores(self, queries, titles, batch_size=64):
-        """Probability that each title is relevant to its query, in input order. Pairs are scored
-        `batch_size` at a time from shortest to longest (characters standing in for tokens), so
-        each batch is padded to about its own pairs' length: 1.3x the pairs/s of input order."""
-        by_length = np.argsort([len(query) + len(title) for query, title in zip(queries, titles)], kind="stable")
-        logits = np.zeros((len(by_length), len(self.metadata["labels"])))
-        for start in range(0, len(by_length), batch_size):
-            rows = by_length[start:start + batch_size]
-            logits[rows] = self.logits([queries[i] for i in rows], [titles[i] for i in rows])
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted[:, self.relevant] / shifted.sum(axis=1)
 
 
 def batched(rows, size):

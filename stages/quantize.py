@@ -1,0 +1,90 @@
+"""quantize: write models/model.int8.onnx, the float32 model with int8 weights (onnxruntime's
+dynamic quantization), and check that it ranks the validation pairs as the float32 model does.
+
+Its own stage, after export: an int8 copy that fails its check stops here and never takes
+model.onnx down with it.
+"""
+import argparse
+from pathlib import Path
+
+from stages.common import StageError, atomic_path, load_params, read_pairs, run, write_json
+
+
+def quantize(onnx_path, int8_path, params):
+    """int8 weights for the op types in quantize.op_types, per output channel with quantize.per_channel.
+
+    Never opset 23's standard Attention op: quantize_dynamic would take it for onnxruntime's own
+    com.microsoft Attention and write an invalid model.
+    """
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quantize_dynamic logs a hint to run its pre-processing, meant for static quantization.
+    logging.getLogger().setLevel(logging.ERROR)
+    model = onnx.load(onnx_path)
+    # The exporter's recorded intermediate shapes trip onnxruntime < 1.32's re-inference ("Inferred
+    # shape and existing shape differ"); quantize_dynamic infers them again anyway.
+    del model.graph.value_info[:]
+    quantize_dynamic(model, int8_path, weight_type=QuantType.QInt8, per_channel=params["per_channel"],
+                     op_types_to_quantize=list(params["op_types"]))
+
+
+def compare(onnx_path, int8_path, val_pairs):
+    """How far the int8 model's validation scores are from float32's: rank correlation, decisions."""
+    import shutil
+
+    from scipy.stats import spearmanr
+
+    from scorer import METADATA_FILE, TOKENIZER_FILE, RelevanceScorer
+    from stages.metrics import THRESHOLD
+
+    for name in (TOKENIZER_FILE, METADATA_FILE):  # the scorer reads them beside the model it loads
+        if Path(int8_path).parent != Path(onnx_path).parent:
+            shutil.copyfile(Path(onnx_path).parent / name, Path(int8_path).parent / name)
+    queries, titles = val_pairs["query"].tolist(), val_pairs["title"].tolist()
+    fp32, int8 = (RelevanceScorer(path).scores(queries, titles) for path in (onnx_path, int8_path))
+    return {"spearman": float(spearmanr(fp32, int8).statistic),
+            "mean_abs_score_diff": float(abs(fp32 - int8).mean()),
+            "max_abs_score_diff": float(abs(fp32 - int8).max()),
+            "decision_agreement": float(((fp32 >= THRESHOLD) == (int8 >= THRESHOLD)).mean()),
+            "pairs": len(queries)}
+
+
+def check_failure(check, params):
+    """Why the int8 model is refused, or None. It must both reorder the validation pairs (Spearman
+    below quantize.min_spearman) and move their scores (by more than quantize.max_mean_score_diff on
+    average): a model whose float32 scores are near-ties reorders under any rounding, harmlessly."""
+    if check["spearman"] >= params["min_spearman"] or check["mean_abs_score_diff"] <= params["max_mean_score_diff"]:
+        return None
+    return (f"int8 scores rank the {check['pairs']} validation pairs with Spearman {check['spearman']:.4f} against "
+            f"float32's, below quantize.min_spearman={params['min_spearman']}, and move them by "
+            f"{check['mean_abs_score_diff']:.4f} on average, more than quantize.max_mean_score_diff="
+            f"{params['max_mean_score_diff']}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("onnx_path", type=Path, help="float32 model (models/model.onnx), with tokenizer.json and metadata.json beside it")
+    parser.add_argument("val_csv", type=Path, help="validation pairs for the check (data/split/val.csv)")
+    parser.add_argument("int8_path", type=Path, help="output int8 model, beside model.onnx (models/model.int8.onnx)")
+    parser.add_argument("metrics_path", type=Path, help="output: the check's measurements (results/quantize/metrics.json)")
+    args = parser.parse_args()
+    params = load_params("quantize")
+    if args.int8_path.parent != args.onnx_path.parent:
+        raise StageError(f"{args.int8_path}: must be beside {args.onnx_path}, which its tokenizer.json and metadata.json are")
+
+    with atomic_path(args.int8_path) as int8_path:
+        quantize(args.onnx_path, int8_path, params)
+        check = compare(args.onnx_path, int8_path, read_pairs(args.val_csv))
+        failure = check_failure(check, params)
+        if failure:
+            raise StageError(f"{args.int8_path}: {failure}; model.onnx is unaffected")
+    write_json(args.metrics_path, check)
+    print(f"quantize: {args.int8_path} ranks validation pairs like float32 (Spearman {check['spearman']:.4f}, "
+          f"decisions agree on {check['decision_agreement']:.1%})")
+
+
+if __name__ == "__main__":
+    run(main)
