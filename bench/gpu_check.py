@@ -236,7 +236,15 @@ def imports_in(paths):
     own = {Path(name).name for name in PROJECT_FILES} | {"stages", "tests", "bench", "scorer"}
     found = set()
     for path in paths:
-        for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+        # `try: import a / except ImportError: import b` imports one of two: neither is required.
+        optional = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.Try) and any(
+            isinstance(handler.type, ast.Name) and handler.type.id in ("ImportError", "ModuleNotFoundError")
+            for handler in node.handlers) for part in (node.body, *(h.body for h in node.handlers))
+            for statement in part for inner in ast.walk(statement)}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
             if isinstance(node, ast.Import):
                 found.update((alias.name, None) for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from stages.common import StageError
+from stages.common import StageError, load_params
 from stages.export import check_opset, export_onnx, max_logit_difference
 from stages.quantize import quantize
 
@@ -91,7 +91,7 @@ def test_int8_model_loads_and_stays_close_to_float32(classifier, exported, tmp_p
     import onnxruntime
 
     int8_path = tmp_path / "model.int8.onnx"
-    quantize(exported, int8_path, {"per_channel": False, "op_types": ["MatMul", "Gather"]})
+    quantize(exported, int8_path, load_params("quantize"))
     batch = random_batch(np.random.default_rng(2), 7, 20, classifier.config.vocab_size)
     (float32,) = onnxruntime.InferenceSession(str(exported)).run(["logits"], batch)
     (int8,) = onnxruntime.InferenceSession(str(int8_path)).run(["logits"], batch)

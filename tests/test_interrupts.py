@@ -1,6 +1,5 @@
-"""Interrupted and concurrent runs: a killed training leaves nothing the next `dvc repro` trips
-over, train.resume continues from the Trainer's last checkpoint to the same result, and DVC's
-lock refuses a second run while one is going."""
+"""Interrupted runs: a killed training leaves nothing the next `dvc repro` trips over, and
+train.resume continues from the Trainer's last checkpoint to the same result."""
 import glob
 import os
 import shutil
@@ -43,7 +42,7 @@ def test_interrupted_training_leaves_a_workspace_the_next_repro_runs_cleanly(pro
         assert run.wait(timeout=60) != 0
     assert (project / "dvc.lock").read_text() == lock_before, "an interrupted run must not be recorded"
 
-    set_params(project, {"train": {"epochs": 20}})
+    set_params(project, {"train": {"epochs": 5}})  # the rerun only has to complete
     result = dvc("repro", cwd=project)
     assert stages_run(result.stdout) == ["train", "export", "quantize", "evaluate"]
     assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
@@ -66,15 +65,3 @@ def test_resumed_training_ends_where_an_uninterrupted_run_does(project, reproduc
     reference = reproduced_project / "results/eval/metrics.json"
     assert (project / "results/eval/metrics.json").read_text() == reference.read_text()
     assert not list((project / "models/checkpoints").iterdir()), "a completed run leaves nothing to resume"
-
-
-def test_a_second_repro_is_refused_while_one_runs(project, tmp_path):
-    set_params(project, {"train": {"learning_rate": 5e-4}})
-    with open(tmp_path / "run.log", "w") as log:
-        first = start_repro(project, log)
-        wait_for("results/train/plots/metrics/loss.tsv", project, first)
-        second = dvc("repro", cwd=project, check=False)
-        assert first.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()
-    assert second.returncode != 0
-    assert "is busy, it is being blocked by" in second.stderr  # DVC's lock on the stage's outputs
-    assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
