@@ -11,7 +11,8 @@ from stages.common import StageError, atomic_path, load_params, read_pairs, run,
 
 
 def quantize(onnx_path, int8_path, params):
-    """int8 weights for the op types in quantize.op_types, per output channel with quantize.per_channel.
+    """int8 weights for the op types in quantize.op_types, one scale per output channel with
+    quantize.per_channel, 7-bit with quantize.reduce_range (bench/results/int8.md compares settings).
 
     Never opset 23's standard Attention op: quantize_dynamic would take it for onnxruntime's own
     com.microsoft Attention and write an invalid model.
@@ -28,7 +29,7 @@ def quantize(onnx_path, int8_path, params):
     # shape and existing shape differ"); quantize_dynamic infers them again anyway.
     del model.graph.value_info[:]
     quantize_dynamic(model, int8_path, weight_type=QuantType.QInt8, per_channel=params["per_channel"],
-                     op_types_to_quantize=list(params["op_types"]))
+                     reduce_range=params["reduce_range"], op_types_to_quantize=list(params["op_types"]))
 
 
 def compare(onnx_path, int8_path, val_pairs):
