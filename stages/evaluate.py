@@ -55,8 +55,9 @@ def main():
     train_pairs, val_pairs = read_pairs(args.split_dir / "train.csv"), read_pairs(args.split_dir / "val.csv")
     scores = model_scores({"fp32": args.onnx_path, "int8": args.int8_path}, val_pairs)
     summary = write_evaluation(train_pairs, val_pairs, scores, args.eval_dir)
-    print("evaluate: ROC-AUC " + ", ".join(f"{name} {summary[name]['roc_auc']}" for name in ("fp32", "int8", "tfidf"))
-          + f" on {summary['pairs']} validation pairs")
+    auc = {name: summary[name]["roc_auc"] for name in ("fp32", "int8", "tfidf")}
+    print("evaluate: ROC-AUC " + ", ".join(f"{name} {'undefined' if value is None else f'{value:.4f}'}"
+                                          for name, value in auc.items()) + f" on {summary['pairs']} validation pairs")
 
 
 if __name__ == "__main__":

@@ -83,8 +83,9 @@ def main():
         if failure:
             raise StageError(f"{args.int8_path}: {failure}; model.onnx is unaffected")
     write_json(args.metrics_path, check)
-    print(f"quantize: {args.int8_path} ranks validation pairs like float32 (Spearman {check['spearman']:.4f}, "
-          f"decisions agree on {check['decision_agreement']:.1%})")
+    print(f"quantize: {args.int8_path} against float32 on {check['pairs']} validation pairs: Spearman "
+          f"{check['spearman']:.4f}, mean score change {check['mean_abs_score_diff']:.2g}, decisions agree on "
+          f"{check['decision_agreement']:.1%}")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ def experiments(project):
 
 
 def test_metrics_and_params_diff_between_two_commits(project):
-    set_params(project, {"train": {"learning_rate": 0.0005}})
+    set_params(project, {"train": {"learning_rate": 0.0005, "epochs": 5}})
     dvc("repro", cwd=project)
-    git("commit", "-q", "-am", "lower learning rate", cwd=project)
+    git("commit", "-q", "-am", "lower learning rate, fewer epochs", cwd=project)
     params = json.loads(dvc("params", "diff", "HEAD~1", "HEAD", "--json", cwd=project).stdout)["params.yaml"]
-    assert list(params) == ["train.learning_rate"]
+    assert sorted(params) == ["train.epochs", "train.learning_rate"]
     assert (params["train.learning_rate"]["old"], params["train.learning_rate"]["new"]) == (0.001, 0.0005)
     metrics = json.loads(dvc("metrics", "diff", "HEAD~1", "HEAD", "--json", cwd=project).stdout)
     changed = metrics["results/eval/metrics.json"]

@@ -37,6 +37,8 @@ def test_second_repro_with_nothing_changed_runs_no_stage(project):
     ("split", "seed", 7, STAGES[1:]),
 ])
 def test_param_change_reruns_only_the_stages_after_it(project, section, key, value, expected):
+    if "train" in expected:  # it retrains anyway: a short training keeps the test fast
+        set_params(project, {"train": {"epochs": 3}})
     set_params(project, {section: {key: value}})
     result = dvc("repro", cwd=project)
     assert stages_run(result.stdout) == expected
