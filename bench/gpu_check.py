@@ -49,7 +49,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.tiny import FILLER, OFF_TOPIC, PROJECT_FILES, PROJECT_ROOT, TOPICS, set_params, wordpiece_vocabulary
+from tests.tiny import (FILLER, OFF_TOPIC, PROJECT_FILES, PROJECT_ROOT, TOPICS, make_scratch_project, set_params,
+                        wordpiece_vocabulary)
 
 ROWS = 51_392          # the CORD-19 query/title/label CSV's size
 QUERIES = 50           # and its number of distinct queries
@@ -138,21 +139,9 @@ def write_model(model_dir, texts, layers, hidden, heads, vocab, seed=0):
 
 
 def make_project(dest, csv_path, model_dir, overrides, use_git):
-    """Copy the project's pipeline files into `dest`, params as shipped except the inputs and `overrides`."""
-    dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        source = PROJECT_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, dest / name)
-    set_params(dest, {"data": {"url": str(csv_path)}, "model": {"name": str(model_dir)}, **overrides})
-    if use_git:  # as the README's setup has it; dvclive then sees a git + DVC repository
-        git = ["git", "-c", "user.name=gpu-check", "-c", "user.email=gpu-check@localhost"]
-        for command in (["git", "init", "-q"], git + ["add", "-A"], git + ["commit", "-q", "-m", "gpu check"]):
-            subprocess.run(command, cwd=dest, check=True, capture_output=True)
-    return dest
+    """The project's pipeline files in `dest`, params as shipped except the inputs and `overrides`; a git
+    repository when git is there, as the README's setup has it (dvclive then sees git + DVC)."""
+    return make_scratch_project(dest, csv_path, model_dir, params=overrides, use_git=use_git)
 
 
 def parse_overrides(settings):
@@ -516,7 +505,7 @@ def markdown(record):
     imports = record.get("imports")
     if imports:
         missing = ", ".join(f"`{m['import']}` ({m['error']})" for m in imports["missing"]) or "none"
-        lines += ["", f"## Imports", "", f"{imports['checked']} imports of the pipeline's code and of dvclive's `Live()` "
+        lines += ["", "## Imports", "", f"{imports['checked']} imports of the pipeline's code and of dvclive's `Live()` "
                   f"checked in {fmt(imports['seconds'])} s: {imports['status']}; missing: {missing}."]
     tests = record.get("gpu_tests")
     if tests and tests["status"] == "skipped":

@@ -346,7 +346,7 @@ def table(rows, chosen=None):
 def markdown(report):
     train, model = report["train"], report["model"]
     lines = [
-        f"# int8 quantization settings on real pretrained weights (`python -m bench.int8`)", "",
+        "# int8 quantization settings on real pretrained weights (`python -m bench.int8`)", "",
         f"Measured {report['date']} on {report['machine']}; onnxruntime {report['versions']['onnxruntime']}, "
         f"torch {report['versions']['torch']}, transformers {report['versions']['transformers']}; "
         f"{report['wall_seconds']:.0f} s in all.", "",

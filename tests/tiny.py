@@ -116,8 +116,9 @@ def set_params(project, updates):
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def make_scratch_project(dest, csv_path, model_dir, params=FAST_PARAMS):
-    """Copy the project into `dest` as a fresh git + dvc repository pointed at local inputs."""
+def make_scratch_project(dest, csv_path, model_dir, params=FAST_PARAMS, use_git=True):
+    """Copy the project into `dest` as a fresh git + dvc repository pointed at local inputs
+    (a plain folder with use_git=False, for machines without git)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
@@ -128,6 +129,8 @@ def make_scratch_project(dest, csv_path, model_dir, params=FAST_PARAMS):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, dest / name)
     set_params(dest, {"data": {"url": str(csv_path)}, "model": {"name": str(model_dir)}, **params})
+    if not use_git:
+        return dest
     git = ["git", "-c", "user.name=scratch", "-c", "user.email=scratch@localhost"]
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
     subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
