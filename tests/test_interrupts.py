@@ -42,7 +42,7 @@ def test_interrupted_training_leaves_a_workspace_the_next_repro_runs_cleanly(pro
         assert run.wait(timeout=60) != 0
     assert (project / "dvc.lock").read_text() == lock_before, "an interrupted run must not be recorded"
 
-    set_params(project, {"train": {"epochs": 5}})  # the rerun only has to complete
+    set_params(project, {"train": {"epochs": 2}})  # the rerun only has to complete
     result = dvc("repro", cwd=project)
     assert stages_run(result.stdout) == ["train", "export", "quantize", "evaluate"]
     assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
