@@ -5,6 +5,7 @@ Its own stage, after export: an int8 copy that fails its check stops here and ne
 model.onnx down with it.
 """
 import argparse
+import math
 from pathlib import Path
 
 from stages.common import StageError, atomic_path, load_params, read_pairs, run, write_json
@@ -46,20 +47,26 @@ def compare(onnx_path, int8_path, val_pairs):
             shutil.copyfile(Path(onnx_path).parent / name, Path(int8_path).parent / name)
     queries, titles = val_pairs["query"].tolist(), val_pairs["title"].tolist()
     fp32, int8 = (RelevanceScorer(path).scores(queries, titles) for path in (onnx_path, int8_path))
-    return {"spearman": float(spearmanr(fp32, int8).statistic),
+    spearman = float(spearmanr(fp32, int8).statistic)  # NaN when either model gives every pair one score
+    return {"spearman": None if math.isnan(spearman) else spearman,
             "mean_abs_score_diff": float(abs(fp32 - int8).mean()),
             "max_abs_score_diff": float(abs(fp32 - int8).max()),
             "decision_agreement": float(((fp32 >= THRESHOLD) == (int8 >= THRESHOLD)).mean()),
             "pairs": len(queries)}
 
 
+def spearman_text(check):
+    return "undefined (constant scores)" if check["spearman"] is None else f"{check['spearman']:.4f}"
+
+
 def check_failure(check, params):
     """Why the int8 model is refused, or None. It must both reorder the validation pairs (Spearman
     below quantize.min_spearman) and move their scores (by more than quantize.max_mean_score_diff on
     average): a model whose float32 scores are near-ties reorders under any rounding, harmlessly."""
-    if check["spearman"] >= params["min_spearman"] or check["mean_abs_score_diff"] <= params["max_mean_score_diff"]:
+    ranks_alike = check["spearman"] is not None and check["spearman"] >= params["min_spearman"]
+    if ranks_alike or check["mean_abs_score_diff"] <= params["max_mean_score_diff"]:
         return None
-    return (f"int8 scores rank the {check['pairs']} validation pairs with Spearman {check['spearman']:.4f} against "
+    return (f"int8 scores rank the {check['pairs']} validation pairs with Spearman {spearman_text(check)} against "
             f"float32's, below quantize.min_spearman={params['min_spearman']}, and move them by "
             f"{check['mean_abs_score_diff']:.4f} on average, more than quantize.max_mean_score_diff="
             f"{params['max_mean_score_diff']}")
@@ -84,7 +91,7 @@ def main():
             raise StageError(f"{args.int8_path}: {failure}; model.onnx is unaffected")
     write_json(args.metrics_path, check)
     print(f"quantize: {args.int8_path} against float32 on {check['pairs']} validation pairs: Spearman "
-          f"{check['spearman']:.4f}, mean score change {check['mean_abs_score_diff']:.2g}, decisions agree on "
+          f"{spearman_text(check)}, mean score change {check['mean_abs_score_diff']:.2g}, decisions agree on "
           f"{check['decision_agreement']:.1%}")
 
 

@@ -103,3 +103,16 @@ def test_opset_the_exporter_cannot_write_is_refused(classifier, tmp_path):
     export_onnx(classifier, random_batch(np.random.default_rng(0), 2, 6, classifier.config.vocab_size), path, opset=14)
     with pytest.raises(StageError, match="export.opset=14: the exporter could only write opset 18; use 17 or newer"):
         check_opset(path, 14)
+
+
+@pytest.mark.parametrize(("spearman", "mean_change", "refused"), [
+    (0.99, 0.2, False),   # scores move, the ranking stays: fine for a ranker
+    (0.08, 1e-4, False),  # near-ties reorder under any rounding, harmlessly
+    (0.5, 0.3, True),     # reordered and moved: broken
+    (None, 0.3, True),    # int8 gives every pair one score
+])
+def test_int8_check_refuses_only_a_model_that_reorders_and_moves_scores(spearman, mean_change, refused):
+    from stages.quantize import check_failure
+
+    check = {"spearman": spearman, "mean_abs_score_diff": mean_change, "pairs": 50}
+    assert (check_failure(check, load_params("quantize")) is not None) == refused
