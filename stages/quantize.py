@@ -42,8 +42,8 @@ def compare(onnx_path, int8_path, val_pairs):
     from scorer import METADATA_FILE, TOKENIZER_FILE, RelevanceScorer
     from stages.metrics import THRESHOLD
 
-    for name in (TOKENIZER_FILE, METADATA_FILE):  # the scorer reads them beside the model it loads
-        if Path(int8_path).parent != Path(onnx_path).parent:
+    if Path(int8_path).parent != Path(onnx_path).parent:  # the scorer reads them beside the model it loads
+        for name in (TOKENIZER_FILE, METADATA_FILE):
             shutil.copyfile(Path(onnx_path).parent / name, Path(int8_path).parent / name)
     queries, titles = val_pairs["query"].tolist(), val_pairs["title"].tolist()
     fp32, int8 = (RelevanceScorer(path).scores(queries, titles) for path in (onnx_path, int8_path))

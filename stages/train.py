@@ -43,17 +43,17 @@ def main():
     from dvclive import Live
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from transformers.integrations import DVCLiveCallback
-
     from transformers.utils import logging as transformers_logging
 
     set_seed(params["seed"])
     tokenizer = AutoTokenizer.from_pretrained(args.pretrained_dir, local_files_only=True)
+    verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its load report lists the new head as missing: expected here
     model = AutoModelForSequenceClassification.from_pretrained(
         args.pretrained_dir, local_files_only=True, use_safetensors=True, num_labels=len(LABELS),
         id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
     )
-    transformers_logging.set_verbosity_warning()
+    transformers_logging.set_verbosity(verbosity)
     if params["freeze_base"]:
         model.base_model.requires_grad_(False)
 
