@@ -4,6 +4,9 @@ library only: no torch, no transformers, nothing from this repository's pipeline
     scorer = RelevanceScorer("models/model.onnx")  # reads tokenizer.json and metadata.json beside it
     scorer.scores(["covid masks"], ["Face masks in schools"])  # -> P(relevant) per pair
 
+metadata.json says which inputs the model takes and how its logits become P(relevant): softmax
+over (irrelevant, relevant), or the sigmoid of a one-logit model (MS MARCO cross-encoder style).
+
 `python -m scorer` scores a CSV or ranks titles from the command line.
 """
 import json
@@ -29,6 +32,7 @@ class RelevanceScorer:
         self.session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.inputs = self.metadata["inputs"]
         self.relevant = self.metadata["labels"].index("relevant")
+        self.sigmoid = self.metadata.get("probability", "softmax") == "sigmoid"  # older files: softmax
 
     def encode(self, queries, titles):
         encodings = self.tokenizer.encode_batch(list(zip(queries, titles)))
@@ -47,5 +51,7 @@ class RelevanceScorer:
         for start in range(0, len(by_length), batch_size):
             rows = by_length[start:start + batch_size]
             logits[rows] = self.logits([queries[i] for i in rows], [titles[i] for i in rows])
+        if self.sigmoid:
+            return 1 / (1 + np.exp(-logits[:, self.relevant]))
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted[:, self.relevant] / shifted.sum(axis=1)

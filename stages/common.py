@@ -13,7 +13,8 @@ import yaml
 
 PARAMS_FILE = "params.yaml"
 COLUMNS = ("query", "title", "label")
-LABELS = ("irrelevant", "relevant")  # index = class id in the model's logits
+LABELS = ("irrelevant", "relevant")  # index = class id in the model's logits (train.num_labels: 2)
+ONE_LOGIT_LABELS = ("relevant",)    # train.num_labels: 1, P(relevant) = sigmoid(logit)
 
 
 class StageError(Exception):
@@ -40,6 +41,19 @@ def load_params(section=None):
     if section not in params:
         raise StageError(f"{PARAMS_FILE} has no '{section}' section")
     return params[section]
+
+
+def model_inputs(model, tokenizer):
+    """The tokenizer's outputs that the model takes, in the tokenizer's order: BERT takes
+    token_type_ids, RoBERTa and ModernBERT do not, and DeBERTa-v3's tokenizer gives them to a model
+    without token type embeddings (type_vocab_size 0), which ignores them."""
+    import inspect
+
+    taken = inspect.signature(model.forward).parameters
+    names = [name for name in tokenizer.model_input_names if name in taken]
+    if getattr(model.config, "type_vocab_size", 1) == 0:
+        names = [name for name in names if name != "token_type_ids"]
+    return names
 
 
 def read_pairs(path):

@@ -19,7 +19,11 @@ from pathlib import Path
 from stages.common import StageError, atomic_path, load_params, run
 
 CSV_NAME = "pairs.csv"
-MODEL_FILES = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+# The tokenizer's vocabulary comes as tokenizer.json, or as its source: WordPiece vocab.txt (BERT),
+# byte-level BPE vocab.json + merges.txt (RoBERTa), a SentencePiece model (DeBERTa-v3, XLM-R).
+VOCABULARIES = ["tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model"]
+MODEL_FILES = ["config.json", *VOCABULARIES, "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+               "added_tokens.json"]
 SAFETENSORS, PICKLED = "*.safetensors", "pytorch_model.bin"  # weights: the first the revision has
 WEIGHTS_FILE = "model.safetensors"
 OFFLINE_HINT = "set {param} in params.yaml to a local {what} to run offline"
@@ -110,7 +114,7 @@ def hub_snapshot(name, revision):
             reason = "no such repository, or it is private or gated"
         else:
             reason = str(err).strip().splitlines()[0]
-        hint = OFFLINE_HINT.format(param="model.name", what="folder with config.json, vocab.txt and weights")
+        hint = OFFLINE_HINT.format(param="model.name", what="folder with config.json, tokenizer files and weights")
         raise StageError(f"{where}: cannot fetch from the Hugging Face hub ({reason}); {hint}") from None
     print(f"download: {name} at revision {revision} is commit {info.sha}")
     return source
@@ -148,8 +152,8 @@ def fetch_model(name, revision, dest):
     if not (source / "config.json").is_file():
         raise StageError(f"model.name={name}: no config.json in {source}")
     weights_pattern([path.name for path in source.iterdir()], f"model.name={name}: {source}")
-    if not any((source / vocabulary).is_file() for vocabulary in ("tokenizer.json", "vocab.txt")):
-        raise StageError(f"model.name={name}: cannot load its tokenizer: no tokenizer.json or vocab.txt in {source}")
+    if not any((source / vocabulary).is_file() for vocabulary in VOCABULARIES):
+        raise StageError(f"model.name={name}: cannot load its tokenizer: none of {', '.join(VOCABULARIES)} in {source}")
 
     from transformers import AutoTokenizer
 

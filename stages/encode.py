@@ -12,8 +12,9 @@ SPLITS = ("train", "val")
 
 
 def encode_pairs(pairs, tokenizer, max_length):
-    """Return an Arrow-backed datasets.Dataset: the pairs' query, title and label, plus input_ids,
-    token_type_ids and attention_mask (the Trainer drops the text columns the model does not take)."""
+    """Return an Arrow-backed datasets.Dataset: the pairs' query, title and label, plus the
+    tokenizer's outputs (input_ids, attention_mask, and for BERT token_type_ids). The Trainer drops
+    the columns the model does not take."""
     from datasets import Dataset
 
     dataset = Dataset.from_pandas(pairs, preserve_index=False)
@@ -37,10 +38,12 @@ def main():
 
     from transformers import AutoConfig, AutoTokenizer
 
-    longest = AutoConfig.from_pretrained(args.model_dir, local_files_only=True).max_position_embeddings
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
+    # RoBERTa's position table holds 2 more rows than it takes tokens (514 for 512); its tokenizer says 512.
+    longest = min(AutoConfig.from_pretrained(args.model_dir, local_files_only=True).max_position_embeddings,
+                  tokenizer.model_max_length)
     if max_length > longest:
         raise StageError(f"encode.max_length={max_length}: the model accepts at most {longest} tokens")
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
     with atomic_path(args.encoded_dir) as encoded_dir:
         for split in SPLITS:
             encoded = encode_pairs(read_pairs(args.split_dir / f"{split}.csv"), tokenizer, max_length)

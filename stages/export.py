@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from scorer import METADATA_FILE, TOKENIZER_FILE
-from stages.common import StageError, atomic_paths, load_params, run, write_json
+from stages.common import StageError, atomic_paths, load_params, model_inputs, run, write_json
 
 PARITY_BATCH_SIZES = (1, 7, 32)
 # The first onnxruntime release that implements each ONNX opset (onnxruntime's docs/Versioning.md).
@@ -37,12 +37,11 @@ def logits_only(model, input_names):
     return LogitsOnly().eval()
 
 
-def parity_batches(dataset, tokenizer):
-    """Real validation pairs in batches of several sizes, padded to the longest row (so most rows
-    carry padding), plus one batch padded past its longest row."""
+def parity_batches(dataset, tokenizer, names):
+    """Real validation pairs, as the model inputs `names`, in batches of several sizes, padded to the
+    longest row (so most rows carry padding), plus one batch padded past its longest row."""
     from transformers import DataCollatorWithPadding
 
-    names = tokenizer.model_input_names
     rows = [{name: dataset[i % len(dataset)][name] for name in names} for i in range(max(PARITY_BATCH_SIZES))]
     longest = max(len(row["input_ids"]) for row in rows)
     batches = [DataCollatorWithPadding(tokenizer, return_tensors="np")(rows[:size]) for size in PARITY_BATCH_SIZES]
@@ -63,6 +62,7 @@ def export_onnx(model, example, path, opset):
         # The exporter's notes on its own internals (axis renaming, pytree specs): nothing to act on.
         warnings.filterwarnings("ignore", message=r"# The axis name")
         warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"Skipping constant folding")  # DeBERTa's LayerNormalization
         torch.onnx.export(
             logits_only(model, names),
             tuple(torch.from_numpy(example[name]) for name in names),
@@ -125,8 +125,11 @@ def git_revision():
 
 
 def write_metadata(path, model, input_names, opset, max_length):
+    num_labels = model.config.num_labels
     write_json(path, {
-        "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
+        "labels": [model.config.id2label[i] for i in range(num_labels)],
+        # P(relevant): softmax over the labels' logits, or the sigmoid of a one-logit model's logit
+        "probability": "sigmoid" if num_labels == 1 else "softmax",
         "max_length": max_length,
         "inputs": list(input_names),
         "output": "logits",
@@ -155,7 +158,8 @@ def main():
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model_dir, local_files_only=True, use_safetensors=True, dtype="float32").eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
-    batches = parity_batches(load_from_disk(args.val_dataset), tokenizer)
+    input_names = model_inputs(model, tokenizer)
+    batches = parity_batches(load_from_disk(args.val_dataset), tokenizer, input_names)
     models_dir = args.onnx_path.parent
 
     with atomic_paths(args.onnx_path, models_dir / TOKENIZER_FILE, models_dir / METADATA_FILE) as (
@@ -168,7 +172,7 @@ def main():
             raise StageError(f"{args.onnx_path}: onnxruntime logits differ from PyTorch by {difference:.3g}, "
                              f"more than export.atol={params['atol']}")
         save_serving_tokenizer(tokenizer, tokenizer_path, max_length)
-        write_metadata(metadata_path, model, tokenizer.model_input_names, params["opset"], max_length)
+        write_metadata(metadata_path, model, input_names, params["opset"], max_length)
     write_json(args.metrics_path, {"max_abs_logit_diff": difference,
                                    "parity_batches": [list(b["input_ids"].shape) for b in batches]})
     print(f"export: {args.onnx_path} (opset {params['opset']}) matches PyTorch within {difference:.3g} "

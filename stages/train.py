@@ -11,9 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from stages.common import LABELS, StageError, atomic_path, load_params, run
-from stages.training import (checkpoint_to_resume, device_flags, empty_checkpoints, make_trainer, run_fingerprint,
-                             training_arguments)
+from stages.common import StageError, atomic_path, load_params, run
+from stages.training import (checkpoint_to_resume, device_flags, empty_checkpoints, make_trainer, pretrained_classifier,
+                             run_fingerprint, training_arguments)
 
 
 def launch_distributed(gpus):
@@ -41,19 +41,12 @@ def main():
 
     from datasets import load_from_disk
     from dvclive import Live
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
     from transformers.integrations import DVCLiveCallback
-    from transformers.utils import logging as transformers_logging
 
     set_seed(params["seed"])
     tokenizer = AutoTokenizer.from_pretrained(args.pretrained_dir, local_files_only=True)
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # its load report lists the new head as missing: expected here
-    model = AutoModelForSequenceClassification.from_pretrained(
-        args.pretrained_dir, local_files_only=True, use_safetensors=True, num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
-    )
-    transformers_logging.set_verbosity(verbosity)
+    model, note, warning = pretrained_classifier(args.pretrained_dir, params)
     if params["freeze_base"]:
         model.base_model.requires_grad_(False)
 
@@ -66,6 +59,10 @@ def main():
             resume_from = checkpoint_to_resume(args.checkpoints, fingerprint, main_process)
         elif main_process:
             empty_checkpoints(args.checkpoints)
+    if main_process:
+        print(note)
+        if warning:
+            print(warning, file=sys.stderr)
     if resume_from and main_process:
         print(f"train: resuming the interrupted run from {resume_from}")
     train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")

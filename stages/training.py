@@ -6,9 +6,50 @@ import json
 import os
 import shutil
 
-from stages.common import StageError
+from stages.common import LABELS, ONE_LOGIT_LABELS, StageError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+LABELS_FOR = {2: LABELS, 1: ONE_LOGIT_LABELS}  # train.num_labels -> the model's labels
+
+
+def pretrained_classifier(pretrained_dir, params):
+    """The pretrained model with a train.num_labels head; what the stage says about that head (new,
+    the checkpoint's own, or the checkpoint's replaced for being of another size); and a warning, or
+    None, when the checkpoint lacks encoder weights (never trained) that a frozen base keeps random."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as transformers_logging
+
+    if params["num_labels"] not in LABELS_FOR:
+        raise StageError(f"train.num_labels={params['num_labels']}: expected 2 (irrelevant/relevant, softmax) "
+                         f"or 1 (one relevance logit, sigmoid)")
+    labels = LABELS_FOR[params["num_labels"]]
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report, summarised below
+    # ignore_mismatched_sizes: a checkpoint's head of another size (a 1-logit cross-encoder's, say) is
+    # replaced by a new one, and the stage says so.
+    model, loading = AutoModelForSequenceClassification.from_pretrained(
+        pretrained_dir, local_files_only=True, use_safetensors=True, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True, output_loading_info=True)
+    transformers_logging.set_verbosity(verbosity)
+
+    encoder_prefix = f"{model.base_model_prefix}."
+    mismatched = sorted(key for key, *_ in loading["mismatched_keys"])
+    new_in_head = [key for key in loading["missing_keys"] if not key.startswith(encoder_prefix)]
+    new_in_encoder = sorted({key.rsplit(".", 1)[0] for key in loading["missing_keys"] if key.startswith(encoder_prefix)})
+    head = f"{len(labels)}-label head (train.num_labels: {len(labels)})"
+    if mismatched:
+        note = f"train: the pretrained model's head ({', '.join(mismatched)}) has another size; replaced by a new {head}"
+    elif new_in_head:
+        note = f"train: a new {head}"
+    else:
+        note = f"train: fine-tuning the pretrained model's own {head}"
+    warning = None
+    if params["freeze_base"] and new_in_encoder:
+        warning = (f"train: warning: the pretrained model has no trained weights for {', '.join(new_in_encoder)} "
+                   f"(newly initialized), and train.freeze_base keeps them random: expect near-chance results; "
+                   f"set train.freeze_base: false")
+    return model, note, warning
 
 
 def device_flags(precision):
@@ -37,8 +78,18 @@ def compute_metrics(eval_pred):
     from sklearn.metrics import accuracy_score, f1_score
 
     logits, labels = eval_pred
-    predictions = logits.argmax(axis=-1)
+    predictions = (logits[:, 0] > 0).astype(int) if logits.shape[1] == 1 else logits.argmax(axis=-1)
     return {"accuracy": accuracy_score(labels, predictions), "f1": f1_score(labels, predictions, zero_division=0.0)}
+
+
+def one_logit_loss(outputs, labels, num_items_in_batch=None):
+    """Binary cross-entropy on a one-logit model's relevance logit (train.num_labels: 1), as MS MARCO
+    cross-encoders are trained; transformers would treat one label as regression (mean squared error)."""
+    import torch
+
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        outputs.logits.squeeze(-1).float(), labels.float(), reduction="sum")
+    return loss / (num_items_in_batch if num_items_in_batch is not None else len(labels))
 
 
 def training_arguments(params, output_dir):
@@ -81,20 +132,28 @@ def training_arguments(params, output_dir):
 
 def make_trainer(params, training_args, model, tokenizer, train_set, val_set, callbacks=()):
     """The Trainer this stage trains with, and the validation inputs it evaluates on: tokenized pairs
-    padded per batch, or, for a frozen base with cache_features, its pooled outputs computed once."""
+    padded per batch, or, for a frozen base with cache_features, what the encoder gives the head,
+    computed once."""
     from transformers import DataCollatorWithPadding, Trainer, default_data_collator
 
-    if params["freeze_base"] and params["cache_features"]:
-        from stages.frozen import classification_head, feature_dataset, pooled_features
+    from stages.frozen import cacheable, classification_head, feature_dataset, head_inputs
 
+    cached = params["freeze_base"] and params["cache_features"]
+    if cached and not cacheable(model):
+        cached = False
+        if training_args.process_index == 0:
+            print(f"train: train.cache_features: no cached-feature recipe for {model.config.model_type} models "
+                  f"({type(model).__name__}); the frozen base runs on every batch")
+    if cached:
         batch_size, device = params["eval_batch_size"], training_args.device
         trained, collator = classification_head(model), default_data_collator  # stacks the features
-        train_inputs = feature_dataset(pooled_features(model, train_set, tokenizer, batch_size, device), train_set["label"])
-        val_inputs = feature_dataset(pooled_features(model, val_set, tokenizer, batch_size, device), val_set["label"])
+        train_inputs = feature_dataset(head_inputs(model, train_set, tokenizer, batch_size, device), train_set["label"])
+        val_inputs = feature_dataset(head_inputs(model, val_set, tokenizer, batch_size, device), val_set["label"])
     else:
         trained, collator, train_inputs, val_inputs = model, DataCollatorWithPadding(tokenizer), train_set, val_set
     trainer = Trainer(model=trained, args=training_args, train_dataset=train_inputs, eval_dataset=val_inputs,
                       processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
+                      compute_loss_func=one_logit_loss if model.config.num_labels == 1 else None,
                       callbacks=list(callbacks))
     return trainer, val_inputs
 

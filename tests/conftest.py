@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import csv_texts, make_scratch_project, write_pairs_csv, write_tiny_bert
+from tests.tiny import TINY_MODELS, csv_texts, make_scratch_project, write_pairs_csv, write_tiny_bert
 
 STAGES = ["download", "split", "encode", "train", "export", "quantize", "evaluate"]
 
@@ -71,6 +71,16 @@ def pairs_csv(shared_dir):
 @pytest.fixture(scope="session")
 def tiny_bert(shared_dir, pairs_csv):
     return build_once(shared_dir, "tiny-bert", lambda path: write_tiny_bert(path, csv_texts(pairs_csv)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(shared_dir, pairs_csv):
+    """tiny_model(architecture): the folder of a tiny model of tests.tiny.TINY_MODELS, built once."""
+    def build(architecture):
+        write = TINY_MODELS[architecture]
+        return build_once(shared_dir, f"tiny-{architecture}", lambda path: write(path, csv_texts(pairs_csv)))
+
+    return build
 
 
 @pytest.fixture(scope="session")

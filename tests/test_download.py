@@ -183,6 +183,6 @@ def test_unreachable_hub_fails_in_one_line_naming_the_model(fresh_project, tmp_p
     warning, line = result.stderr.strip().splitlines()
     assert warning.startswith("download: warning: model.revision=main is a moving ref; pin the commit hash")
     assert line.startswith("error: model.name=google/bert_uncased_L-4_H-512_A-8 (revision main): cannot fetch")
-    assert line.endswith("set model.name in params.yaml to a local folder with config.json, vocab.txt and weights "
+    assert line.endswith("set model.name in params.yaml to a local folder with config.json, tokenizer files and weights "
                          "to run offline")
     assert_nothing_written(fresh_project)

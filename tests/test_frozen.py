@@ -4,7 +4,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-from stages.frozen import classification_head, pooled_features
+from stages.frozen import classification_head, head_inputs
 from tests.conftest import dvc, stages_run
 from tests.tiny import set_params
 
@@ -17,7 +17,7 @@ def test_head_on_cached_features_equals_the_full_model_in_eval_mode(tiny_bert):
     dataset = Dataset.from_dict(dict(pairs))
     head = classification_head(model).eval()
     with torch.no_grad():
-        cached = head(pooled_output=torch.from_numpy(pooled_features(model, dataset, tokenizer, 2, "cpu"))).logits
+        cached = head(features=torch.from_numpy(head_inputs(model, dataset, tokenizer, 2, "cpu"))).logits
         padded = tokenizer.pad(dict(pairs), return_tensors="pt")
         full = model(**padded).logits
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
@@ -28,7 +28,7 @@ def test_training_the_head_trains_the_models_classifier(tiny_bert):
     head = classification_head(model)
     before = model.classifier.weight.detach().clone()
     optimizer = torch.optim.SGD(head.parameters(), lr=1.0)
-    head(pooled_output=torch.randn(4, model.config.hidden_size), labels=torch.tensor([0, 1, 1, 0])).loss.backward()
+    head(features=torch.randn(4, model.config.hidden_size), labels=torch.tensor([0, 1, 1, 0])).loss.backward()
     optimizer.step()
     assert not torch.equal(model.classifier.weight, before)
 

@@ -31,6 +31,7 @@ async function main(modelPath, pairsPath, outPath) {
     direction: padding.direction.toLowerCase() };
   const session = await ort.InferenceSession.create(modelPath);
   const relevant = metadata.labels.indexOf('relevant');
+  const sigmoid = metadata.probability === 'sigmoid'; // a one-logit model; else softmax over the labels
 
   let header;
   const rows = parse(fs.readFileSync(pairsPath), { bom: true, skip_empty_lines: true, columns: (names) => {
@@ -54,7 +55,8 @@ async function main(modelPath, pairsPath, outPath) {
       const rowLogits = Array.from(logits.subarray(i * labels, (i + 1) * labels));
       const top = Math.max(...rowLogits);
       const exps = rowLogits.map((logit) => Math.exp(logit - top));
-      const relevance = exps[relevant] / exps.reduce((sum, value) => sum + value, 0);
+      const relevance = sigmoid ? 1 / (1 + Math.exp(-rowLogits[relevant]))
+        : exps[relevant] / exps.reduce((sum, value) => sum + value, 0);
       out.push([...header.map((name) => csvCell(row[name])), String(relevance)].join(','));
     });
   }

@@ -1,0 +1,209 @@
+"""Any encoder as the starting model: tiny models of each architecture family, in their real hub
+layouts (tests/tiny.py), go through the stages to a model.onnx that takes exactly the model's inputs
+and scores like PyTorch; the frozen-feature cache feeds each architecture's own head; the head and
+a never-trained pooler are reported as the train stage meets them."""
+import csv
+import json
+import shlex
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from scorer import RelevanceScorer
+from stages.common import StageError, model_inputs
+from stages.frozen import classification_head, head_inputs
+from stages.training import compute_metrics, make_trainer, one_logit_loss, pretrained_classifier, training_arguments
+from tests.conftest import dvc, run_cli, stages_run
+from tests.tiny import FAST_PARAMS, PROJECT_ROOT, make_scratch_project, tiny_config
+
+# What each architecture takes: BERT token types; RoBERTa and ModernBERT none; DeBERTa-v3's tokenizer
+# gives them but its model has no token type embeddings (type_vocab_size 0).
+INPUTS = {
+    "bert": ["input_ids", "token_type_ids", "attention_mask"],
+    "cross-encoder": ["input_ids", "token_type_ids", "attention_mask"],
+    "roberta": ["input_ids", "attention_mask"],
+    "deberta-v3": ["input_ids", "attention_mask"],
+    "modernbert": ["input_ids", "attention_mask"],
+}
+PAIRS = (["coronavirus vaccine trial", "masks and face coverings", "bats origin"],
+         ["Vaccine antibody trial, a cohort study", "Football league transfer news", "Zoonotic spillover from bats"])
+# The shipped train params, with a frozen base and cached features.
+TRAIN_PARAMS = {**yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"], **FAST_PARAMS["train"],
+                "freeze_base": True, "cache_features": True}
+
+
+def load(model_dir, num_labels=2):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the new head's load report
+    head = {"num_labels": num_labels, "ignore_mismatched_sizes": True} if num_labels else {}
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, **head)
+    logging.set_verbosity_warning()
+    return model.eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
+def reference_scores(model_dir, queries, titles, max_length):
+    """P(relevant) from transformers, with every input the tokenizer gives passed by keyword."""
+    model, tokenizer = load(model_dir, num_labels=None)
+    batch = tokenizer(queries, titles, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    return (torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, dim=-1)[:, 1]).numpy()
+
+
+@pytest.mark.parametrize("architecture", list(INPUTS))
+def test_model_inputs_are_those_each_architecture_takes(tiny_model, architecture):
+    model, tokenizer = load(tiny_model(architecture))
+    assert model_inputs(model, tokenizer) == INPUTS[architecture]
+
+
+@pytest.mark.parametrize("architecture, pooling", [("bert", None), ("cross-encoder", None), ("roberta", None),
+                                                   ("deberta-v3", None), ("modernbert", "cls"), ("modernbert", "mean")])
+def test_the_cache_feeds_each_architectures_own_head(tiny_model, architecture, pooling):
+    """The head on cached features gives the full model's logits (eval mode), pairs padded unevenly."""
+    from datasets import Dataset
+
+    model, tokenizer = load(tiny_model(architecture))
+    if pooling:
+        model.config.classifier_pooling = pooling
+    dataset = Dataset.from_dict(dict(tokenizer(*PAIRS)))
+    head = classification_head(model).eval()
+    with torch.no_grad():
+        cached = head(features=torch.from_numpy(head_inputs(model, dataset, tokenizer, 2, "cpu"))).logits
+        full = model(**tokenizer(*PAIRS, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    assert not any(name.startswith(model.base_model_prefix) for name, _ in head.named_parameters())
+
+
+def test_an_architecture_without_a_recipe_trains_uncached_and_says_so(tiny_model, tmp_path, capsys):
+    from datasets import Dataset
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("bert"))
+    model = DistilBertForSequenceClassification(tiny_config(DistilBertConfig, len(tokenizer), dim=32, hidden_dim=64,
+                                                            n_layers=1, n_heads=2))
+    model.base_model.requires_grad_(False)
+    pairs = Dataset.from_dict({**tokenizer(PAIRS[0] * 4, PAIRS[1] * 4), "label": [1, 0, 0] * 4})
+    args = training_arguments({**TRAIN_PARAMS, "epochs": 1}, tmp_path)
+    trainer, val_inputs = make_trainer(TRAIN_PARAMS, args, model, tokenizer, pairs, pairs)
+    assert capsys.readouterr().out.strip() == ("train: train.cache_features: no cached-feature recipe for distilbert "
+                                               "models (DistilBertForSequenceClassification); the frozen base runs on every batch")
+    assert trainer.model is model and val_inputs is pairs
+    before = model.classifier.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(model.classifier.weight, before)
+
+
+def test_a_cross_encoders_one_logit_head_is_kept_or_replaced_as_num_labels_says(tiny_model):
+    from safetensors.torch import load_file
+
+    checkpoint = load_file(tiny_model("cross-encoder") / "model.safetensors")
+    kept, note, warning = pretrained_classifier(tiny_model("cross-encoder"), {**TRAIN_PARAMS, "num_labels": 1})
+    assert note == "train: fine-tuning the pretrained model's own 1-label head (train.num_labels: 1)" and warning is None
+    assert torch.equal(kept.classifier.weight, checkpoint["classifier.weight"])
+    assert kept.config.id2label == {0: "relevant"}
+
+    replaced, note, _ = pretrained_classifier(tiny_model("cross-encoder"), TRAIN_PARAMS)
+    assert note == ("train: the pretrained model's head (classifier.bias, classifier.weight) has another size; "
+                    "replaced by a new 2-label head (train.num_labels: 2)")
+    assert replaced.classifier.weight.shape == (2, 32)
+    assert replaced.config.id2label == {0: "irrelevant", 1: "relevant"}
+
+
+def test_a_frozen_base_whose_pooler_was_never_trained_is_warned_about(tiny_model, tmp_path):
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    pooler_less = tmp_path / "sentence-transformers-export"
+    shutil.copytree(tiny_model("bert"), pooler_less)
+    config = BertConfig.from_pretrained(pooler_less)
+    BertModel(config, add_pooling_layer=False).save_pretrained(pooler_less)
+    _, note, warning = pretrained_classifier(pooler_less, TRAIN_PARAMS)
+    assert note == "train: a new 2-label head (train.num_labels: 2)"
+    assert warning == ("train: warning: the pretrained model has no trained weights for bert.pooler.dense (newly "
+                       "initialized), and train.freeze_base keeps them random: expect near-chance results; set "
+                       "train.freeze_base: false")
+    assert pretrained_classifier(pooler_less, {**TRAIN_PARAMS, "freeze_base": False})[2] is None
+    assert pretrained_classifier(tiny_model("bert"), TRAIN_PARAMS)[2] is None
+
+
+def test_num_labels_other_than_one_or_two_is_refused(tiny_model):
+    with pytest.raises(StageError, match=r"^train.num_labels=3: expected 2 \(irrelevant/relevant, softmax\) or 1"):
+        pretrained_classifier(tiny_model("bert"), {**TRAIN_PARAMS, "num_labels": 3})
+
+
+def test_one_logit_models_train_on_binary_cross_entropy_and_predict_by_sign():
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    logits, labels = torch.tensor([[2.0], [-1.0], [0.5]]), torch.tensor([1, 1, 0])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], labels.float())
+    torch.testing.assert_close(one_logit_loss(SequenceClassifierOutput(logits=logits), labels), expected)
+    torch.testing.assert_close(one_logit_loss(SequenceClassifierOutput(logits=logits), labels, 6), expected / 2)
+    assert compute_metrics((logits.numpy(), labels.numpy()))["accuracy"] == pytest.approx(1 / 3)
+
+
+def validation_pairs(project):
+    with open(project / "data/split/val.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [row["query"] for row in rows], [row["title"] for row in rows]
+
+
+def assert_serves_like_pytorch(project, architecture):
+    """model.onnx takes exactly the model's inputs, metadata.json lists them, and the scorer's
+    P(relevant) on the validation pairs matches transformers'."""
+    import onnx
+
+    metadata = json.loads((project / "models/metadata.json").read_text())
+    graph_inputs = [tensor.name for tensor in onnx.load(project / "models/model.onnx").graph.input]
+    assert metadata["inputs"] == graph_inputs == INPUTS[architecture]
+    queries, titles = validation_pairs(project)
+    scores = RelevanceScorer(project / "models/model.onnx").scores(queries, titles)
+    expected = reference_scores(project / "models/finetuned", queries, titles, metadata["max_length"])
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    return metadata, scores
+
+
+@pytest.mark.parametrize("architecture, train, head_note", [
+    ("roberta", {"freeze_base": False}, "train: a new 2-label head (train.num_labels: 2)"),
+    ("cross-encoder", {"freeze_base": True, "num_labels": 1},
+     "train: fine-tuning the pretrained model's own 1-label head (train.num_labels: 1)"),
+])
+def test_pipeline_takes_the_encoder_from_csv_to_a_ranking_model(tiny_model, pairs_csv, tmp_path, architecture, train,
+                                                                 head_note):
+    params = {**FAST_PARAMS, "train": {**FAST_PARAMS["train"], "epochs": 1, **train}}
+    project = make_scratch_project(tmp_path / "project", pairs_csv, tiny_model(architecture), params=params)
+    result = dvc("repro", "export", cwd=project)
+    assert stages_run(result.stdout) == ["download", "split", "encode", "train", "export"]
+    assert head_note in result.stdout.splitlines()
+    metadata, _ = assert_serves_like_pytorch(project, architecture)
+    assert metadata["probability"] == ("sigmoid" if train.get("num_labels") == 1 else "softmax")
+
+    queries, titles = validation_pairs(project)
+    query = queries[0]
+    (tmp_path / "titles.txt").write_text("\n".join(titles) + "\n", encoding="utf-8")
+    ranked = run_cli([sys.executable, "-m", "scorer", "rank", query, tmp_path / "titles.txt", "--top-k", "5"],
+                     cwd=project).stdout.splitlines()
+    expected = RelevanceScorer(project / "models/model.onnx").scores([query] * len(titles), titles)
+    best = sorted(expected, reverse=True)[:5]
+    assert [float(line.split("\t")[1]) for line in ranked] == pytest.approx(best, abs=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ["deberta-v3", "modernbert"])
+def test_stages_take_the_encoder_to_a_model_onnx_scoring_like_pytorch(tiny_model, pairs_csv, tmp_path, architecture):
+    """Each stage's command from dvc.yaml, run in order without dvc, with a frozen base and cached features."""
+    params = {**FAST_PARAMS, "train": {**FAST_PARAMS["train"], "epochs": 1, "freeze_base": True}}
+    project = make_scratch_project(tmp_path / "project", pairs_csv, tiny_model(architecture), params=params,
+                                   use_git=False)
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    outputs = {name: run_cli(shlex.split(stages[name]["cmd"]), cwd=project)
+               for name in ("download", "split", "encode", "train", "export")}
+    # DeBERTa-v3 ships a SentencePiece model and pickled weights: download keeps neither.
+    assert sorted(path.name for path in (project / "models/pretrained").glob("*.*")) == [
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert "no cached-feature recipe" not in outputs["train"].stdout
+    assert_serves_like_pytorch(project, architecture)
