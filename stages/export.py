@@ -51,7 +51,8 @@ def parity_batches(dataset, tokenizer, names):
 
 def export_onnx(model, example, path, opset):
     """Export with the inputs of `example` (a dict, in graph order), dynamic batch and sequence
-    axes, then stamp the lowest IR version that holds the opset, so older runtimes load it."""
+    axes; then, so older runtimes load it, give LayerNormalization a bias and stamp the lowest IR
+    version that holds the opset."""
     import onnx
     import torch
 
@@ -74,9 +75,26 @@ def export_onnx(model, example, path, opset):
             external_data=False,  # one self-contained file for the search service
             verbose=False,
         )
-    graph = onnx.load(path)
-    graph.ir_version = onnx.helper.find_min_ir_version_for(graph.opset_import)
-    onnx.save(graph, path)
+    exported = onnx.load(path)
+    add_layer_norm_biases(exported.graph)
+    exported.ir_version = onnx.helper.find_min_ir_version_for(exported.opset_import)
+    onnx.save(exported, path)
+
+
+def add_layer_norm_biases(graph):
+    """Give each LayerNormalization without a bias (ModernBERT's) an explicit zero bias: the same
+    arithmetic, but onnxruntime 1.17 and 1.18 crash while optimizing a bias-less one (an assertion
+    in its graph optimizer aborts the process; onnxruntime issue #18967)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    scales = {tensor.name: tensor for tensor in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "LayerNormalization" and len(node.input) == 2 and node.input[1] in scales:
+            scale = numpy_helper.to_array(scales[node.input[1]])
+            bias = numpy_helper.from_array(np.zeros_like(scale), f"{node.name or node.output[0]}.zero_bias")
+            graph.initializer.append(bias)
+            node.input.append(bias.name)
 
 
 def check_opset(onnx_path, opset):

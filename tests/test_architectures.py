@@ -5,6 +5,7 @@ a never-trained pooler are reported as the train stage meets them."""
 import csv
 import json
 import shlex
+import shutil
 import sys
 
 import numpy as np
@@ -17,6 +18,8 @@ from stages.common import StageError, model_inputs
 from stages.frozen import classification_head, head_inputs
 from stages.training import compute_metrics, make_trainer, one_logit_loss, pretrained_classifier, training_arguments
 from tests.conftest import dvc, run_cli, stages_run
+from tests.runtimes import MATRIX, Runtime, feeds_spec, run_logits
+from tests.test_runtimes import node_client_scores
 from tests.tiny import FAST_PARAMS, PROJECT_ROOT, make_scratch_project, tiny_config
 
 # What each architecture takes: BERT token types; RoBERTa and ModernBERT none; DeBERTa-v3's tokenizer
@@ -115,8 +118,6 @@ def test_a_cross_encoders_one_logit_head_is_kept_or_replaced_as_num_labels_says(
 
 
 def test_a_frozen_base_whose_pooler_was_never_trained_is_warned_about(tiny_model, tmp_path):
-    import shutil
-
     from transformers import BertConfig, BertModel
 
     pooler_less = tmp_path / "sentence-transformers-export"
@@ -180,10 +181,15 @@ def test_pipeline_takes_the_encoder_from_csv_to_a_ranking_model(tiny_model, pair
     result = dvc("repro", "export", cwd=project)
     assert stages_run(result.stdout) == ["download", "split", "encode", "train", "export"]
     assert head_note in result.stdout.splitlines()
-    metadata, _ = assert_serves_like_pytorch(project, architecture)
+    metadata, scores = assert_serves_like_pytorch(project, architecture)
     assert metadata["probability"] == ("sigmoid" if train.get("num_labels") == 1 else "softmax")
 
     queries, titles = validation_pairs(project)
+    if shutil.which("node") and shutil.which("npm"):  # the Node.js client, from the same metadata.json
+        (tmp_path / "node").mkdir()
+        rows = [(query, title, f"doc-{i}") for i, (query, title) in enumerate(zip(queries, titles))]
+        scored = node_client_scores(project / "models", rows, tmp_path / "node")
+        np.testing.assert_allclose([float(row["relevance"]) for row in scored], scores, atol=1e-4, rtol=0)
     query = queries[0]
     (tmp_path / "titles.txt").write_text("\n".join(titles) + "\n", encoding="utf-8")
     ranked = run_cli([sys.executable, "-m", "scorer", "rank", query, tmp_path / "titles.txt", "--top-k", "5"],
@@ -207,3 +213,17 @@ def test_stages_take_the_encoder_to_a_model_onnx_scoring_like_pytorch(tiny_model
         "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert "no cached-feature recipe" not in outputs["train"].stdout
     assert_serves_like_pytorch(project, architecture)
+    assert_oldest_python_runtime_agrees(project, tmp_path)
+
+
+def assert_oldest_python_runtime_agrees(project, workdir):
+    """model.onnx in the oldest onnxruntime of CI's matrix (ModernBERT's bias-less LayerNormalization
+    crashed 1.17 and 1.18 before export gave it a zero bias) gives the pinned onnxruntime's logits."""
+    import onnxruntime
+
+    models = project / "models"
+    batch = RelevanceScorer(models / "model.onnx").encode(*PAIRS)
+    expected = onnxruntime.InferenceSession(str(models / "model.onnx")).run(["logits"], batch)[0]
+    version, (logits,) = run_logits(Runtime("python", MATRIX["python"][0]), feeds_spec([models / "model.onnx"], [batch], "logits"), workdir)
+    assert version == MATRIX["python"][0]
+    np.testing.assert_allclose(np.reshape(logits, expected.shape), expected, atol=1e-5)
