@@ -22,8 +22,11 @@ CSV_NAME = "pairs.csv"
 # The tokenizer's vocabulary comes as tokenizer.json, or as its source: WordPiece vocab.txt (BERT),
 # byte-level BPE vocab.json + merges.txt (RoBERTa), a SentencePiece model (DeBERTa-v3, XLM-R).
 VOCABULARIES = ["tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model"]
+# modules.json marks a sentence-transformers export, trained through its own pooling: train warns
+# when a frozen base would keep the BERT pooler such a model never trained.
+SENTENCE_TRANSFORMERS_MODULES = "modules.json"
 MODEL_FILES = ["config.json", *VOCABULARIES, "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
-               "added_tokens.json"]
+               "added_tokens.json", SENTENCE_TRANSFORMERS_MODULES]
 SAFETENSORS, PICKLED = "*.safetensors", "pytorch_model.bin"  # weights: the first the revision has
 WEIGHTS_FILE = "model.safetensors"
 OFFLINE_HINT = "set {param} in params.yaml to a local {what} to run offline"
@@ -166,6 +169,8 @@ def fetch_model(name, revision, dest):
     save_safetensors(source, dest)
     tokenizer.save_pretrained(dest)
     config.save_pretrained(dest)
+    if (source / SENTENCE_TRANSFORMERS_MODULES).is_file():
+        shutil.copyfile(source / SENTENCE_TRANSFORMERS_MODULES, dest / SENTENCE_TRANSFORMERS_MODULES)
 
 
 def model_config(name, source):

@@ -15,7 +15,7 @@ LABELS_FOR = {2: LABELS, 1: ONE_LOGIT_LABELS}  # train.num_labels -> the model's
 def pretrained_classifier(pretrained_dir, params):
     """The pretrained model with a train.num_labels head; what the stage says about that head (new,
     the checkpoint's own, or the checkpoint's replaced for being of another size); and a warning, or
-    None, when the checkpoint lacks encoder weights (never trained) that a frozen base keeps random."""
+    None, when a frozen base would keep encoder weights that were never trained (see never_trained)."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as transformers_logging
 
@@ -36,7 +36,6 @@ def pretrained_classifier(pretrained_dir, params):
     encoder_prefix = f"{model.base_model_prefix}."
     mismatched = sorted(key for key, *_ in loading["mismatched_keys"])
     new_in_head = [key for key in loading["missing_keys"] if not key.startswith(encoder_prefix)]
-    new_in_encoder = sorted({key.rsplit(".", 1)[0] for key in loading["missing_keys"] if key.startswith(encoder_prefix)})
     head = f"{len(labels)}-label head (train.num_labels: {len(labels)})"
     if mismatched:
         note = f"train: the pretrained model's head ({', '.join(mismatched)}) has another size; replaced by a new {head}"
@@ -44,12 +43,29 @@ def pretrained_classifier(pretrained_dir, params):
         note = f"train: a new {head}"
     else:
         note = f"train: fine-tuning the pretrained model's own {head}"
-    warning = None
-    if params["freeze_base"] and new_in_encoder:
-        warning = (f"train: warning: the pretrained model has no trained weights for {', '.join(new_in_encoder)} "
-                   f"(newly initialized), and train.freeze_base keeps them random: expect near-chance results; "
-                   f"set train.freeze_base: false")
+    untrained = never_trained(pretrained_dir, model, loading) if params["freeze_base"] else None
+    warning = untrained and (f"train: warning: {untrained}, and train.freeze_base keeps it so: expect far weaker "
+                             f"results than with train.freeze_base: false")
     return model, note, warning
+
+
+def never_trained(pretrained_dir, model, loading):
+    """Why part of the encoder was never trained, or None: weights missing from the checkpoint (newly
+    initialized), or the pooler of a sentence-transformers export, which was trained through its own
+    pooling (modules.json) and carries the pooler of the model it started from as it was."""
+    from pathlib import Path
+
+    prefix = f"{model.base_model_prefix}."
+    missing = sorted({key.rsplit(".", 1)[0] for key in loading["missing_keys"] if key.startswith(prefix)})
+    if missing:
+        return f"the pretrained model has no weights for {', '.join(missing)} (newly initialized)"
+    modules = Path(pretrained_dir) / "modules.json"
+    pooled_by_sentence_transformers = modules.is_file() and any(
+        module.get("type") == "sentence_transformers.models.Pooling" for module in json.loads(modules.read_text()))
+    if pooled_by_sentence_transformers and getattr(model.base_model, "pooler", None) is not None:
+        return (f"the pretrained model is a sentence-transformers export (modules.json), trained through its own "
+                f"pooling, never through {prefix}pooler, which the head reads")
+    return None
 
 
 def device_flags(precision):

@@ -120,17 +120,33 @@ def test_a_cross_encoders_one_logit_head_is_kept_or_replaced_as_num_labels_says(
 def test_a_frozen_base_whose_pooler_was_never_trained_is_warned_about(tiny_model, tmp_path):
     from transformers import BertConfig, BertModel
 
-    pooler_less = tmp_path / "sentence-transformers-export"
+    pooler_less = tmp_path / "pooler-less"
     shutil.copytree(tiny_model("bert"), pooler_less)
-    config = BertConfig.from_pretrained(pooler_less)
-    BertModel(config, add_pooling_layer=False).save_pretrained(pooler_less)
+    BertModel(BertConfig.from_pretrained(pooler_less), add_pooling_layer=False).save_pretrained(pooler_less)
     _, note, warning = pretrained_classifier(pooler_less, TRAIN_PARAMS)
     assert note == "train: a new 2-label head (train.num_labels: 2)"
-    assert warning == ("train: warning: the pretrained model has no trained weights for bert.pooler.dense (newly "
-                       "initialized), and train.freeze_base keeps them random: expect near-chance results; set "
-                       "train.freeze_base: false")
+    assert warning == ("train: warning: the pretrained model has no weights for bert.pooler.dense (newly initialized), "
+                       "and train.freeze_base keeps it so: expect far weaker results than with train.freeze_base: false")
     assert pretrained_classifier(pooler_less, {**TRAIN_PARAMS, "freeze_base": False})[2] is None
     assert pretrained_classifier(tiny_model("bert"), TRAIN_PARAMS)[2] is None
+
+
+def test_a_frozen_sentence_transformers_export_is_warned_about_its_pooler(tiny_model, pairs_csv, tmp_path):
+    """A sentence-transformers export (all-MiniLM-L6-v2's layout: modules.json, Transformer then
+    Pooling) carries a BERT pooler it never trained; download keeps modules.json so train can tell."""
+    from stages.download import fetch_model
+
+    export = tmp_path / "sentence-transformers-export"
+    shutil.copytree(tiny_model("bert"), export)
+    (export / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    fetch_model(str(export), "unused for a folder", tmp_path / "pretrained")
+    warning = pretrained_classifier(tmp_path / "pretrained", TRAIN_PARAMS)[2]
+    assert warning == ("train: warning: the pretrained model is a sentence-transformers export (modules.json), "
+                       "trained through its own pooling, never through bert.pooler, which the head reads, and "
+                       "train.freeze_base keeps it so: expect far weaker results than with train.freeze_base: false")
+    assert pretrained_classifier(tmp_path / "pretrained", {**TRAIN_PARAMS, "freeze_base": False})[2] is None
 
 
 def test_num_labels_other_than_one_or_two_is_refused(tiny_model):
