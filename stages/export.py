@@ -51,8 +51,8 @@ def parity_batches(dataset, tokenizer, names):
 
 def export_onnx(model, example, path, opset):
     """Export with the inputs of `example` (a dict, in graph order), dynamic batch and sequence
-    axes; then, so older runtimes load it, give LayerNormalization a bias and stamp the lowest IR
-    version that holds the opset."""
+    axes; then drop the exporter's stack traces and, so older runtimes load it, give LayerNormalization
+    a bias and stamp the lowest IR version that holds the opset."""
     import onnx
     import torch
 
@@ -76,9 +76,19 @@ def export_onnx(model, example, path, opset):
             verbose=False,
         )
     exported = onnx.load(path)
+    drop_stack_traces(exported.graph)
     add_layer_norm_biases(exported.graph)
     exported.ir_version = onnx.helper.find_min_ir_version_for(exported.opset_import)
     onnx.save(exported, path)
+
+
+def drop_stack_traces(graph):
+    """The exporter records each node's Python stack trace, with the absolute paths of this checkout
+    and its virtual environment: the same model exported from two folders would differ in bytes."""
+    for node in graph.node:
+        kept = [entry for entry in node.metadata_props if entry.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 def add_layer_norm_biases(graph):

@@ -116,3 +116,14 @@ def test_int8_check_refuses_only_a_model_that_reorders_and_moves_scores(spearman
 
     check = {"spearman": spearman, "mean_abs_score_diff": mean_change, "pairs": 50}
     assert (check_failure(check, load_params("quantize")) is not None) == refused
+
+
+def test_exported_file_holds_no_path_of_the_machine_that_made_it(exported):
+    """The exporter's per-node stack traces name this checkout and its virtual environment; without
+    them the same model exported from any folder is the same bytes."""
+    import sys
+    from pathlib import Path
+
+    content = exported.read_bytes()
+    for path in (Path(__file__).resolve().parent.parent, Path(sys.prefix), Path(torch.__file__).parent):
+        assert str(path).encode() not in content, path
