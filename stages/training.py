@@ -157,6 +157,8 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, ca
     cached = params["freeze_base"] and params["cache_features"]
     if cached and not cacheable(model):
         cached = False
+        if params["group_by_length"]:  # training_arguments left it off, expecting cached features
+            training_args.train_sampling_strategy = "group_by_length"
         if training_args.process_index == 0:
             print(f"train: train.cache_features: no cached-feature recipe for {model.config.model_type} models "
                   f"({type(model).__name__}); the frozen base runs on every batch")

@@ -96,6 +96,7 @@ def test_an_architecture_without_a_recipe_trains_uncached_and_says_so(tiny_model
     assert capsys.readouterr().out.strip() == ("train: train.cache_features: no cached-feature recipe for distilbert "
                                                "models (DistilBertForSequenceClassification); the frozen base runs on every batch")
     assert trainer.model is model and val_inputs is pairs
+    assert trainer.args.train_sampling_strategy == "group_by_length"  # token inputs again: batch by length
     before = model.classifier.weight.detach().clone()
     trainer.train()
     assert not torch.equal(model.classifier.weight, before)
