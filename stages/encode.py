@@ -26,6 +26,12 @@ def encode_pairs(pairs, tokenizer, max_length):
     )
 
 
+def position_offset(config):
+    """Rows of the position table a model never uses for tokens: RoBERTa and XLM-R number positions
+    from pad_token_id + 1 (514 rows for 512 tokens)."""
+    return config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("split_dir", type=Path, help="folder with train.csv and val.csv (data/split)")
@@ -39,9 +45,8 @@ def main():
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
-    # RoBERTa's position table holds 2 more rows than it takes tokens (514 for 512); its tokenizer says 512.
-    longest = min(AutoConfig.from_pretrained(args.model_dir, local_files_only=True).max_position_embeddings,
-                  tokenizer.model_max_length)
+    config = AutoConfig.from_pretrained(args.model_dir, local_files_only=True)
+    longest = min(config.max_position_embeddings - position_offset(config), tokenizer.model_max_length)
     if max_length > longest:
         raise StageError(f"encode.max_length={max_length}: the model accepts at most {longest} tokens")
     with atomic_path(args.encoded_dir) as encoded_dir:

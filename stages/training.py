@@ -26,15 +26,22 @@ def pretrained_classifier(pretrained_dir, params):
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its load report, summarised below
     # ignore_mismatched_sizes: a checkpoint's head of another size (a 1-logit cross-encoder's, say) is
-    # replaced by a new one, and the stage says so.
+    # replaced by a new one, and the stage says so. problem_type: two labels are single-label
+    # classification (cross-entropy), whatever the checkpoint's config says; one logit gets its loss
+    # from one_logit_loss.
     model, loading = AutoModelForSequenceClassification.from_pretrained(
         pretrained_dir, local_files_only=True, use_safetensors=True, num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+        **({"problem_type": "single_label_classification"} if len(labels) == 2 else {}),
         ignore_mismatched_sizes=True, output_loading_info=True)
     transformers_logging.set_verbosity(verbosity)
 
     encoder_prefix = f"{model.base_model_prefix}."
     mismatched = sorted(key for key, *_ in loading["mismatched_keys"])
+    encoder_mismatched = [key for key in mismatched if key.startswith(encoder_prefix)]
+    if encoder_mismatched:
+        raise StageError(f"{pretrained_dir}: the weights of {', '.join(encoder_mismatched)} do not have the shape "
+                         f"its config.json gives them")
     new_in_head = [key for key in loading["missing_keys"] if not key.startswith(encoder_prefix)]
     head = f"{len(labels)}-label head (train.num_labels: {len(labels)})"
     if mismatched:

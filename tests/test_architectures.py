@@ -82,6 +82,31 @@ def test_the_cache_feeds_each_architectures_own_head(tiny_model, architecture, p
     assert not any(name.startswith(model.base_model_prefix) for name, _ in head.named_parameters())
 
 
+@pytest.mark.parametrize("architecture", ["bert", "roberta", "deberta-v3", "modernbert"])
+def test_the_cached_head_drops_out_as_the_models_own_head_does_in_training(tiny_model, architecture):
+    """In training mode (encoder in eval mode, as the cache runs it), the same random state gives the
+    same logits: the recipe applies every dropout of the model's head, and no other."""
+    from datasets import Dataset
+
+    model, tokenizer = load(tiny_model(architecture))
+    head = classification_head(model).train()
+    dropouts = [module for module in head.modules() if isinstance(module, torch.nn.Dropout)]
+    for dropout in dropouts:
+        dropout.p = 0.3
+    assert dropouts, "the head has a dropout to compare"
+    model.base_model.eval()
+    features = torch.from_numpy(head_inputs(model, Dataset.from_dict(dict(tokenizer(*PAIRS))), tokenizer, 3, "cpu"))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        cached = head(features=features).logits
+        torch.manual_seed(0)
+        full = model(**tokenizer(*PAIRS, padding=True, return_tensors="pt")).logits
+        torch.manual_seed(1)
+        other_mask = head(features=features).logits
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cached, other_mask), "dropout is active"
+
+
 def test_an_architecture_without_a_recipe_trains_uncached_and_says_so(tiny_model, tmp_path, capsys):
     from datasets import Dataset
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
@@ -148,6 +173,34 @@ def test_a_frozen_sentence_transformers_export_is_warned_about_its_pooler(tiny_m
                        "trained through its own pooling, never through bert.pooler, which the head reads, and "
                        "train.freeze_base keeps it so: expect far weaker results than with train.freeze_base: false")
     assert pretrained_classifier(tmp_path / "pretrained", {**TRAIN_PARAMS, "freeze_base": False})[2] is None
+
+
+def test_two_labels_train_with_cross_entropy_whatever_the_checkpoint_config_says(tiny_model, tmp_path):
+    checkpoint = tmp_path / "multi-label"
+    shutil.copytree(tiny_model("bert"), checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "problem_type": "multi_label_classification"}))
+    model = pretrained_classifier(checkpoint, TRAIN_PARAMS)[0]
+    assert model.config.problem_type == "single_label_classification"
+    model(input_ids=torch.tensor([[2, 10, 3]]), labels=torch.tensor([1])).loss.backward()  # long labels
+
+
+def test_encoder_weights_of_another_shape_than_the_config_stop_the_stage(tiny_model, tmp_path):
+    checkpoint = tmp_path / "inconsistent"
+    shutil.copytree(tiny_model("bert"), checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 10}))
+    with pytest.raises(StageError, match=r"the weights of bert\.embeddings\.word_embeddings\.weight do not have "
+                                         r"the shape its config\.json gives them$"):
+        pretrained_classifier(checkpoint, TRAIN_PARAMS)
+
+
+def test_roberta_positions_start_after_the_padding_index():
+    from transformers import BertConfig, RobertaConfig
+
+    from stages.encode import position_offset
+
+    assert position_offset(RobertaConfig(pad_token_id=1)) == 2 and position_offset(BertConfig()) == 0
 
 
 def test_num_labels_other_than_one_or_two_is_refused(tiny_model):
