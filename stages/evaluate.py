@@ -7,17 +7,9 @@ import warnings
 from pathlib import Path
 
 from stages.common import read_pairs, run, write_json
-from stages.metrics import THRESHOLD, relevance_metrics, tfidf_scores
+from stages.metrics import THRESHOLD, model_scores, relevance_metrics, tfidf_scores
 
 ONE_CLASS_NOTE = "undefined: the validation pairs hold one class"
-
-
-def model_scores(model_paths, val_pairs):
-    """P(relevant) of each validation pair from each ONNX model, by name."""
-    from scorer import RelevanceScorer
-
-    queries, titles = val_pairs["query"].tolist(), val_pairs["title"].tolist()
-    return {name: RelevanceScorer(path).scores(queries, titles) for name, path in model_paths.items()}
 
 
 def write_evaluation(train_pairs, val_pairs, scores, eval_dir):

@@ -26,15 +26,19 @@ def modernbert_pooling(output, attention_mask, config):
     return (output.last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1)
 
 
+def roberta_head(head, features):
+    """RobertaClassificationHead takes a sequence and picks its first token itself."""
+    return head.classifier(features[:, None])
+
+
 # model_type: (the head's input, from the frozen encoder's output; the head's logits from that input,
 # through the model's own modules outside the encoder).
 RECIPES = {
     # BERT and BERT-architecture models (MiniLM, MS MARCO cross-encoders): the pooler is in the encoder.
     "bert": (lambda output, mask, config: output.pooler_output,
              lambda head, features: head.classifier(head.dropout(features))),
-    # RobertaClassificationHead picks the first token of a sequence itself.
-    "roberta": (first_token, lambda head, features: head.classifier(features[:, None])),
-    "xlm-roberta": (first_token, lambda head, features: head.classifier(features[:, None])),
+    "roberta": (first_token, roberta_head),
+    "xlm-roberta": (first_token, roberta_head),
     # The ContextPooler sits outside DeBERTa's encoder: it is trained with the classifier.
     "deberta-v2": (first_token, lambda head, features: head.classifier(head.dropout(head.pooler(features[:, None])))),
     "modernbert": (modernbert_pooling, lambda head, features: head.classifier(head.drop(head.head(features)))),

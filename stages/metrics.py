@@ -1,5 +1,5 @@
-"""Relevance metrics shared by the stages: classification at a threshold, ranking per query,
-and the lexical baseline every run is compared with.
+"""Relevance metrics shared by the stages: the ONNX models' scores, classification at a threshold,
+ranking per query, and the lexical baseline every run is compared with.
 
 A metric that is undefined on the data at hand (ROC-AUC with one class, ranking metrics with
 no query that has a relevant title) is None, written as null, never NaN.
@@ -14,9 +14,18 @@ RANK_CUTOFF = 10  # nDCG@10 and MRR@10
 PRECISION_CUTOFF = 5  # precision@5
 
 
-def _defined(value):
+def defined(value):
     value = float(value)
     return None if math.isnan(value) else value
+
+
+def model_scores(model_paths, pairs):
+    """P(relevant) of each (query, title) pair from each ONNX model, by name, through the scorer a
+    search service runs."""
+    from scorer import RelevanceScorer
+
+    queries, titles = pairs["query"].tolist(), pairs["title"].tolist()
+    return {name: RelevanceScorer(path).scores(queries, titles) for name, path in model_paths.items()}
 
 
 def classification_metrics(labels, scores, threshold=THRESHOLD):
@@ -30,11 +39,11 @@ def classification_metrics(labels, scores, threshold=THRESHOLD):
         predicted = (scores >= threshold).astype(int)
         precision, recall, f1, _ = precision_recall_fscore_support(
             labels, predicted, average="binary", zero_division=np.nan)
-        metrics = {"threshold": float(threshold), "accuracy": _defined(accuracy_score(labels, predicted)),
-                   "precision": _defined(precision), "recall": _defined(recall), "f1": _defined(f1)}
+        metrics = {"threshold": float(threshold), "accuracy": defined(accuracy_score(labels, predicted)),
+                   "precision": defined(precision), "recall": defined(recall), "f1": defined(f1)}
     both_classes = len(np.unique(labels)) == 2
-    metrics["roc_auc"] = _defined(roc_auc_score(labels, scores)) if both_classes else None
-    metrics["average_precision"] = _defined(average_precision_score(labels, scores)) if labels.any() else None
+    metrics["roc_auc"] = defined(roc_auc_score(labels, scores)) if both_classes else None
+    metrics["average_precision"] = defined(average_precision_score(labels, scores)) if labels.any() else None
     return metrics
 
 

@@ -5,7 +5,6 @@ Its own stage, after export: an int8 copy that fails its check stops here and ne
 model.onnx down with it.
 """
 import argparse
-import math
 from pathlib import Path
 
 from stages.common import StageError, atomic_path, load_params, read_pairs, run, write_json
@@ -39,20 +38,19 @@ def compare(onnx_path, int8_path, val_pairs):
 
     from scipy.stats import spearmanr
 
-    from scorer import METADATA_FILE, TOKENIZER_FILE, RelevanceScorer
-    from stages.metrics import THRESHOLD
+    from scorer import METADATA_FILE, TOKENIZER_FILE
+    from stages.metrics import THRESHOLD, defined, model_scores
 
     if Path(int8_path).parent != Path(onnx_path).parent:  # the scorer reads them beside the model it loads
         for name in (TOKENIZER_FILE, METADATA_FILE):
             shutil.copyfile(Path(onnx_path).parent / name, Path(int8_path).parent / name)
-    queries, titles = val_pairs["query"].tolist(), val_pairs["title"].tolist()
-    fp32, int8 = (RelevanceScorer(path).scores(queries, titles) for path in (onnx_path, int8_path))
-    spearman = float(spearmanr(fp32, int8).statistic)  # NaN when either model gives every pair one score
-    return {"spearman": None if math.isnan(spearman) else spearman,
+    scores = model_scores({"fp32": onnx_path, "int8": int8_path}, val_pairs)
+    fp32, int8 = scores["fp32"], scores["int8"]
+    return {"spearman": defined(spearmanr(fp32, int8).statistic),  # NaN when a model gives every pair one score
             "mean_abs_score_diff": float(abs(fp32 - int8).mean()),
             "max_abs_score_diff": float(abs(fp32 - int8).max()),
             "decision_agreement": float(((fp32 >= THRESHOLD) == (int8 >= THRESHOLD)).mean()),
-            "pairs": len(queries)}
+            "pairs": len(val_pairs)}
 
 
 def spearman_text(check):

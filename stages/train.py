@@ -63,8 +63,8 @@ def main():
         print(note)
         if warning:
             print(warning, file=sys.stderr)
-    if resume_from and main_process:
-        print(f"train: resuming the interrupted run from {resume_from}")
+        if resume_from:
+            print(f"train: resuming the interrupted run from {resume_from}")
     train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")
     live = Live(str(args.results_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main_process else None
     trainer, _ = make_trainer(params, training_args, model, tokenizer, train_set, val_set,

@@ -300,9 +300,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         self.wfile.write(data[start:end])
 
-    def send_json(self, value, head, headers=None):
+    def send_json(self, value, head, headers=None, status=200):
         body = json.dumps(value).encode()
-        self.send_response(200)
+        self.send_response(status)
         for key, header in (headers or {}).items():
             self.send_header(key, header)
         self.send_header("Content-Type", "application/json")
@@ -313,16 +313,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def send_error_code(self, status, code, message, head, headers=None):
         """An error as the hub sends it: X-Error-Code / X-Error-Message headers and {"error": message}."""
-        body = json.dumps({"error": message}).encode()
-        self.send_response(status)
-        self.send_header("X-Request-Id", f"Root=1-local-{id(self):x}")  # the hub names each request
-        if code:
-            self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", message)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
+        error_headers = {"X-Request-Id": f"Root=1-local-{id(self):x}",  # the hub names each request
+                         **({"X-Error-Code": code} if code else {}), "X-Error-Message": message, **(headers or {})}
+        self.send_json({"error": message}, head, error_headers, status)
