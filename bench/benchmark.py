@@ -96,7 +96,7 @@ def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
         training_args = training_arguments(params, scratch)
         training_args.disable_tqdm = True
         trainer, val_set = make_trainer(params, training_args, model, tokenizer, encode(queries, titles, labels),
-                                        encode(val_queries, val_titles, val_labels))
+                                        encode(val_queries, val_titles, val_labels), Path(scratch) / "features")
     trainer.train()
     logits = predict_in_order(trainer, val_set)
     return classification_metrics(val_labels, torch.softmax(torch.from_numpy(logits), -1)[:, 1].numpy(), None)["roc_auc"]

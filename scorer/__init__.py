@@ -21,7 +21,7 @@ ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_
 
 
 class RelevanceScorer:
-    def __init__(self, onnx_path):
+    def __init__(self, onnx_path, providers=("CPUExecutionProvider",)):
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -29,7 +29,7 @@ class RelevanceScorer:
         self.metadata = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
         # Used as shipped: tokenizer.json itself truncates to max_length and pads to the longest pair.
         self.tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
-        self.session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(onnx_path), providers=list(providers))
         self.inputs = self.metadata["inputs"]
         self.relevant = self.metadata["labels"].index("relevant")
         self.sigmoid = self.metadata.get("probability", "softmax") == "sigmoid"  # older files: softmax

@@ -56,35 +56,65 @@ def model_inputs(model, tokenizer):
     return names
 
 
-def read_pairs(path):
-    """Read a query,title,label CSV and check its schema; extra columns are dropped."""
+def read_pairs(path, chunk_rows=20_000):
+    """Read a query,title,label CSV in chunks of `chunk_rows` rows, checking its schema and every
+    row; yields DataFrames (query, title, label) indexed by row number in the file (1-based, after
+    the header). Extra columns are dropped. Memory holds one chunk, however long the file."""
     import pandas as pd
 
-    try:
-        pairs = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise StageError(f"{path}: file not found") from None
-    except pd.errors.EmptyDataError:
-        raise StageError(f"{path}: file is empty; expected a header 'query,title,label' and rows") from None
-    except (UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise StageError(f"{path}: not a readable UTF-8 CSV ({str(err).splitlines()[0]})") from None
-    missing = [c for c in COLUMNS if c not in pairs.columns]
+    header = csv_header(path)
+    missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise StageError(f"{path}: missing column(s) {', '.join(missing)}; expected query,title,label")
-    if pairs.empty:
+    rows = 0
+    try:
+        chunks = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", usecols=list(COLUMNS),
+                             chunksize=chunk_rows)
+        for chunk in chunks:
+            chunk.index += 2  # read_csv numbers rows on across chunks; 1-based, after the header line
+            rows += len(chunk)
+            yield check_rows(path, chunk[list(COLUMNS)])
+    except (UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise StageError(f"{path}: not a readable UTF-8 CSV ({str(err).splitlines()[0]})") from None
+    if rows == 0:
         raise StageError(f"{path}: no rows after the header")
-    pairs = pairs[list(COLUMNS)]
+
+
+def read_all_pairs(path):
+    """read_pairs for a file known to be small (a test's, or a bounded sample): one DataFrame."""
+    import pandas as pd
+
+    return pd.concat(read_pairs(path)).reset_index(drop=True)
+
+
+def csv_header(path):
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return next(csv.reader(f))
+    except FileNotFoundError:
+        raise StageError(f"{path}: file not found") from None
+    except StopIteration:
+        raise StageError(f"{path}: file is empty; expected a header 'query,title,label' and rows") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise StageError(f"{path}: not a readable UTF-8 CSV ({str(err).splitlines()[0]})") from None
+
+
+def check_rows(path, pairs):
+    """Refuse a blank query or title, or a label other than 0 or 1, naming the first such row."""
+    import pandas as pd
+
     for column in ("query", "title"):
         blank = pairs[column].str.strip() == ""
         if blank.any():
-            row = int(blank.idxmax()) + 2  # 1-based, after the header line
-            raise StageError(f"{path}: row {row}: column '{column}' is empty")
+            raise StageError(f"{path}: row {blank.idxmax()}: column '{column}' is empty")
     labels = pd.to_numeric(pairs["label"], errors="coerce")
     bad = ~labels.isin([0, 1])
     if bad.any():
-        row = int(bad.idxmax()) + 2
-        raise StageError(f"{path}: row {row}: column 'label' is {pairs['label'][bad.idxmax()]!r}; expected 0 or 1")
-    return pairs.assign(label=labels.astype("int64"))
+        row = bad.idxmax()
+        raise StageError(f"{path}: row {row}: column 'label' is {pairs['label'][row]!r}; expected 0 or 1")
+    return pairs.assign(label=labels.astype("int8"))
 
 
 @contextlib.contextmanager

@@ -11,14 +11,26 @@ from stages.common import StageError, atomic_path, load_params, read_pairs, run
 SPLITS = ("train", "val")
 
 
-def encode_pairs(pairs, tokenizer, max_length):
-    """Return an Arrow-backed datasets.Dataset: the pairs' query, title and label, plus the
-    tokenizer's outputs (input_ids, attention_mask, and for BERT token_type_ids). The Trainer drops
-    the columns the model does not take."""
-    from datasets import Dataset
+def pair_rows(path):
+    for chunk in read_pairs(path):
+        yield from chunk.to_dict("records")
 
-    dataset = Dataset.from_pandas(pairs, preserve_index=False)
-    return dataset.map(
+
+def load_pairs(csv_path, cache_dir):
+    """The pairs of a checked query,title,label CSV as a datasets.Dataset written to Arrow files in
+    `cache_dir` as the CSV streams, and memory-mapped from there."""
+    from datasets import Dataset, Features, Value
+
+    features = Features({"query": Value("string"), "title": Value("string"), "label": Value("int64")})
+    return Dataset.from_generator(pair_rows, features=features, gen_kwargs={"path": str(csv_path)},
+                                  cache_dir=str(cache_dir))
+
+
+def encode_pairs(pairs, tokenizer, max_length):
+    """`pairs` (a datasets.Dataset of query, title, label) plus the tokenizer's outputs (input_ids,
+    attention_mask, and for BERT token_type_ids). The Trainer drops the columns the model does not
+    take. A dataset read from files is encoded into a file beside them, batch by batch."""
+    return pairs.map(
         lambda batch: tokenizer(batch["query"], batch["title"], truncation=True, max_length=max_length),
         batched=True,
         desc="Tokenizing",
@@ -51,8 +63,8 @@ def main():
         raise StageError(f"encode.max_length={max_length}: the model accepts at most {longest} tokens")
     with atomic_path(args.encoded_dir) as encoded_dir:
         for split in SPLITS:
-            encoded = encode_pairs(read_pairs(args.split_dir / f"{split}.csv"), tokenizer, max_length)
-            encoded.save_to_disk(encoded_dir / split)
+            pairs = load_pairs(args.split_dir / f"{split}.csv", encoded_dir.parent / "cache")
+            encode_pairs(pairs, tokenizer, max_length).save_to_disk(encoded_dir / split)
 
 
 if __name__ == "__main__":

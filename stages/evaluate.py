@@ -1,38 +1,72 @@
 """evaluate: measure the shipped models on the validation pairs, scored as a search service
 scores them: the ONNX files through the torch-free scorer. The float32 model, the int8 model and
 a TF-IDF baseline side by side, and the float32 model's ROC, precision-recall and confusion plots.
+
+The pairs stream through in chunks; what is kept per validation pair is its label, its query's
+hash and one score per scorer. The plots are drawn from at most evaluate.plot_pairs pairs (every
+k-th), the metrics from all of them.
 """
 import argparse
+import math
 import warnings
 from pathlib import Path
 
-from stages.common import read_pairs, run, write_json
-from stages.metrics import THRESHOLD, model_scores, relevance_metrics, tfidf_scores
+import numpy as np
+
+from stages.common import load_params, read_pairs, run, write_json
+from stages.metrics import THRESHOLD, TfidfBaseline, model_scorers, model_scores, relevance_metrics, runtime
 
 ONE_CLASS_NOTE = "undefined: the validation pairs hold one class"
 
 
-def write_evaluation(train_pairs, val_pairs, scores, eval_dir):
-    """metrics.json with every scorer's metrics, and the plots of the float32 model's scores."""
+def fit_baseline(train_csv):
+    baseline = TfidfBaseline()
+    for chunk in read_pairs(train_csv):
+        baseline.fit_chunk(chunk["query"]).fit_chunk(chunk["title"])
+    return baseline
+
+
+def score_pairs(val_csv, scorers, baseline):
+    """(query hashes, labels, {scorer: scores}) of every validation pair, with a progress bar."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    queries, labels, scores = [], [], {name: [] for name in [*scorers, "tfidf"]}
+    with tqdm(unit=" pairs", desc="Scoring the validation pairs") as progress:
+        for chunk in read_pairs(val_csv):
+            queries.append(pd.util.hash_pandas_object(chunk["query"], index=False).to_numpy())
+            labels.append(chunk["label"].to_numpy())
+            for name, values in model_scores(scorers, chunk).items():
+                scores[name].append(values)
+            scores["tfidf"].append(baseline.scores(chunk["query"], chunk["title"]))
+            progress.update(len(chunk))
+    return np.concatenate(queries), np.concatenate(labels), {name: np.concatenate(v) for name, v in scores.items()}
+
+
+def write_evaluation(queries, labels, scores, eval_dir, plot_pairs, runtime_info=None):
+    """metrics.json with every scorer's metrics (the TF-IDF baseline's without a threshold), and the
+    plots of the float32 model's scores."""
     from dvclive import Live
 
-    labels, queries = val_pairs["label"].to_numpy(), val_pairs["query"]
-    baseline = tfidf_scores([*train_pairs["query"], *train_pairs["title"]], queries, val_pairs["title"])
+    every = max(1, math.ceil(len(labels) / plot_pairs))
+    plotted_labels, plotted = labels[::every], scores["fp32"][::every]
     with Live(str(eval_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        if len(set(labels)) == 2:
-            live.log_sklearn_plot("roc", labels, scores["fp32"])
-            live.log_sklearn_plot("precision_recall", labels, scores["fp32"])
+        if len(set(plotted_labels)) == 2:
+            live.log_sklearn_plot("roc", plotted_labels, plotted)
+            live.log_sklearn_plot("precision_recall", plotted_labels, plotted)
         else:  # keep every declared plot renderable: one point saying why there is no curve
             for plot, (x, y) in {"roc": ("fpr", "tpr"), "precision_recall": ("recall", "precision")}.items():
                 write_json(Path(live.plots_dir) / "sklearn" / f"{plot}.json", {plot: [{x: 0.0, y: 0.0, "note": ONE_CLASS_NOTE}]})
-        live.log_sklearn_plot("confusion_matrix", labels, [int(p >= THRESHOLD) for p in scores["fp32"]])
+        live.log_sklearn_plot("confusion_matrix", plotted_labels, (plotted >= THRESHOLD).astype(int))
         with warnings.catch_warnings(record=True) as undefined:
             warnings.simplefilter("always")
-            summary = {name: relevance_metrics(queries, labels, values) for name, values in scores.items()}
-            summary["tfidf"] = relevance_metrics(queries, labels, baseline, threshold=None)
+            summary = {name: relevance_metrics(queries, labels, values, threshold=None if name == "tfidf" else THRESHOLD)
+                       for name, values in scores.items()}
         for warning in {str(w.message) for w in undefined}:
             print(f"evaluate: warning: {warning}")
-        live.summary = {**summary, "pairs": len(labels), "queries": int(queries.nunique())}
+        live.summary = {**summary, "pairs": len(labels), "queries": int(len(np.unique(queries))),
+                        "plotted_pairs": len(plotted_labels),
+                        **({"runtime": runtime_info} if runtime_info else {})}
     return live.summary
 
 
@@ -43,13 +77,15 @@ def main():
     parser.add_argument("int8_path", type=Path, help="the int8 model (models/model.int8.onnx)")
     parser.add_argument("eval_dir", type=Path, help="output: metrics.json and plots (results/eval)")
     args = parser.parse_args()
+    params = load_params("evaluate")
 
-    train_pairs, val_pairs = read_pairs(args.split_dir / "train.csv"), read_pairs(args.split_dir / "val.csv")
-    scores = model_scores({"fp32": args.onnx_path, "int8": args.int8_path}, val_pairs)
-    summary = write_evaluation(train_pairs, val_pairs, scores, args.eval_dir)
+    scorers = model_scorers({"fp32": args.onnx_path, "int8": args.int8_path})
+    queries, labels, scores = score_pairs(args.split_dir / "val.csv", scorers, fit_baseline(args.split_dir / "train.csv"))
+    summary = write_evaluation(queries, labels, scores, args.eval_dir, params["plot_pairs"], runtime(scorers))
     auc = {name: summary[name]["roc_auc"] for name in ("fp32", "int8", "tfidf")}
     print("evaluate: ROC-AUC " + ", ".join(f"{name} {'undefined' if value is None else f'{value:.4f}'}"
-                                          for name, value in auc.items()) + f" on {summary['pairs']} validation pairs")
+                                          for name, value in auc.items())
+          + f" on {summary['pairs']} validation pairs ({summary['runtime']['providers']['fp32']})")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def cacheable(model):
     return model.config.model_type in RECIPES
 
 
-def head_inputs(model, dataset, tokenizer, batch_size, device):
-    """What the frozen encoder gives the head for every pair of `dataset`, as a float32 array."""
+def head_inputs(model, dataset, tokenizer, batch_size, device, path):
+    """What the frozen encoder gives the head for every pair of `dataset`, written batch by batch to
+    the float32 .npy file `path`, and returned memory-mapped from it: memory holds one batch."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -60,19 +61,38 @@ def head_inputs(model, dataset, tokenizer, batch_size, device):
     inputs = dataset.select_columns(model_inputs(model, tokenizer))
     loader = DataLoader(inputs, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
     encoder = model.base_model.to(device).eval()
-    features = []
+    features, start = None, 0
     with torch.no_grad():
         for batch in tqdm(loader, desc="Encoding pairs once (frozen base)"):
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
-            output = encoder(**batch)
-            features.append(features_of(output, batch["attention_mask"], model.config).float().cpu().numpy())
-    return np.concatenate(features)
+            output = features_of(encoder(**batch), batch["attention_mask"], model.config).float().cpu().numpy()
+            if features is None:
+                features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                                     shape=(len(dataset), *output.shape[1:]))
+            features[start:start + len(output)] = output
+            start += len(output)
+    features.flush()
+    del features
+    return np.load(path, mmap_mode="r")
+
+
+def labels_of(dataset):
+    return dataset.select_columns(["label"]).with_format("numpy")[:]["label"]
 
 
 def feature_dataset(features, labels):
-    from datasets import Dataset
+    """The (features, labels) examples the Trainer trains the head on, read from the memory-mapped
+    features one example at a time."""
+    import torch
 
-    return Dataset.from_dict({"features": features, "labels": np.asarray(labels)}).with_format("torch")
+    class CachedFeatures(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(labels)
+
+        def __getitem__(self, index):
+            return {"features": torch.from_numpy(np.array(features[index])), "labels": int(labels[index])}
+
+    return CachedFeatures()
 
 
 def classification_head(model):

@@ -19,13 +19,29 @@ def defined(value):
     return None if math.isnan(value) else value
 
 
-def model_scores(model_paths, pairs):
-    """P(relevant) of each (query, title) pair from each ONNX model, by name, through the scorer a
-    search service runs."""
+def model_scorers(model_paths):
+    """A RelevanceScorer, the scorer a search service runs, for each ONNX model by name, on the GPU
+    through onnxruntime's CUDA execution provider where that is installed, else on every CPU core."""
+    import onnxruntime
+
     from scorer import RelevanceScorer
 
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()]
+    return {name: RelevanceScorer(path, providers=providers) for name, path in model_paths.items()}
+
+
+def runtime(scorers):
+    """Which runtime scored the pairs, recorded beside the metrics."""
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__,
+            "providers": {name: scorer.session.get_providers()[0] for name, scorer in scorers.items()}}
+
+
+def model_scores(scorers, pairs):
+    """P(relevant) of each (query, title) pair of a DataFrame from each scorer, by name."""
     queries, titles = pairs["query"].tolist(), pairs["title"].tolist()
-    return {name: RelevanceScorer(path).scores(queries, titles) for name, path in model_paths.items()}
+    return {name: scorer.scores(queries, titles) for name, scorer in scorers.items()}
 
 
 def classification_metrics(labels, scores, threshold=THRESHOLD):
@@ -92,11 +108,32 @@ def relevance_metrics(queries, labels, scores, threshold=THRESHOLD):
     return metrics
 
 
-def tfidf_scores(fit_texts, queries, titles):
-    """Cosine similarity of TF-IDF vectors of each query and its title; the vocabulary and IDF
-    come from `fit_texts` (the training pairs), so validation text does not leak into them."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+class TfidfBaseline:
+    """Cosine similarity of TF-IDF vectors of a query and its title, with the document frequencies of
+    the training pairs' queries and titles (so validation text does not leak into them), counted chunk
+    by chunk. Words are hashed into 2^20 columns instead of a vocabulary, so memory stays fixed however
+    much text is fitted; a word no training text has weighs nothing, as it would outside a fitted
+    vocabulary. IDF is scikit-learn's smoothed one, log((1 + n) / (1 + df)) + 1."""
 
-    vectorizer = TfidfVectorizer().fit(fit_texts)
-    query_vectors, title_vectors = vectorizer.transform(queries), vectorizer.transform(titles)
-    return np.asarray(query_vectors.multiply(title_vectors).sum(axis=1)).ravel()
+    def __init__(self):
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.hashing = HashingVectorizer(alternate_sign=False, norm=None)
+        self.document_frequency = np.zeros(self.hashing.n_features)
+        self.documents = 0
+
+    def fit_chunk(self, texts):
+        counts = self.hashing.transform(texts)
+        self.document_frequency += np.bincount(counts.indices, minlength=self.hashing.n_features)
+        self.documents += counts.shape[0]
+        return self
+
+    def vectors(self, texts):
+        from sklearn.preprocessing import normalize
+
+        seen = self.document_frequency > 0
+        idf = np.where(seen, np.log((1 + self.documents) / (1 + self.document_frequency)) + 1, 0.0)
+        return normalize(self.hashing.transform(texts).multiply(idf).tocsr())
+
+    def scores(self, queries, titles):
+        return np.asarray(self.vectors(queries).multiply(self.vectors(titles)).sum(axis=1)).ravel()

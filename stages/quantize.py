@@ -32,6 +32,23 @@ def quantize(onnx_path, int8_path, params):
                      reduce_range=params["reduce_range"], op_types_to_quantize=list(params["op_types"]))
 
 
+def check_sample(val_csv, check_pairs):
+    """The validation pairs of the check: whole queries, each kept when the hash of its text falls
+    below check_pairs / all pairs, so about quantize.check_pairs pairs however many there are; the
+    same for the same file. All of them when there are fewer."""
+    import pandas as pd
+
+    total = sum(len(chunk) for chunk in read_pairs(val_csv))
+    if total <= check_pairs:
+        return pd.concat(read_pairs(val_csv))
+    cutoff = check_pairs / total * 2.0**64
+    kept = pd.concat([chunk[pd.util.hash_pandas_object(chunk["query"], index=False).to_numpy() < cutoff]
+                      for chunk in read_pairs(val_csv)])
+    if kept.empty:
+        raise StageError(f"quantize.check_pairs={check_pairs}: no query of {val_csv} was sampled; raise it")
+    return kept
+
+
 def compare(onnx_path, int8_path, val_pairs):
     """How far the int8 model's validation scores are from float32's: rank correlation, decisions."""
     import shutil
@@ -39,18 +56,19 @@ def compare(onnx_path, int8_path, val_pairs):
     from scipy.stats import spearmanr
 
     from scorer import METADATA_FILE, TOKENIZER_FILE
-    from stages.metrics import THRESHOLD, defined, model_scores
+    from stages.metrics import THRESHOLD, defined, model_scorers, model_scores, runtime
 
     if Path(int8_path).parent != Path(onnx_path).parent:  # the scorer reads them beside the model it loads
         for name in (TOKENIZER_FILE, METADATA_FILE):
             shutil.copyfile(Path(onnx_path).parent / name, Path(int8_path).parent / name)
-    scores = model_scores({"fp32": onnx_path, "int8": int8_path}, val_pairs)
+    scorers = model_scorers({"fp32": onnx_path, "int8": int8_path})
+    scores = model_scores(scorers, val_pairs)
     fp32, int8 = scores["fp32"], scores["int8"]
     return {"spearman": defined(spearmanr(fp32, int8).statistic),  # NaN when a model gives every pair one score
             "mean_abs_score_diff": float(abs(fp32 - int8).mean()),
             "max_abs_score_diff": float(abs(fp32 - int8).max()),
             "decision_agreement": float(((fp32 >= THRESHOLD) == (int8 >= THRESHOLD)).mean()),
-            "pairs": len(val_pairs)}
+            "pairs": len(val_pairs), "queries": int(val_pairs["query"].nunique()), "runtime": runtime(scorers)}
 
 
 def spearman_text(check):
@@ -73,7 +91,7 @@ def check_failure(check, params):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("onnx_path", type=Path, help="float32 model (models/model.onnx), with tokenizer.json and metadata.json beside it")
-    parser.add_argument("val_csv", type=Path, help="validation pairs for the check (data/split/val.csv)")
+    parser.add_argument("val_csv", type=Path, help="validation pairs, sampled for the check (data/split/val.csv)")
     parser.add_argument("int8_path", type=Path, help="output int8 model, beside model.onnx (models/model.int8.onnx)")
     parser.add_argument("metrics_path", type=Path, help="output: the check's measurements (results/quantize/metrics.json)")
     args = parser.parse_args()
@@ -83,7 +101,7 @@ def main():
 
     with atomic_path(args.int8_path) as int8_path:
         quantize(args.onnx_path, int8_path, params)
-        check = compare(args.onnx_path, int8_path, read_pairs(args.val_csv))
+        check = compare(args.onnx_path, int8_path, check_sample(args.val_csv, params["check_pairs"]))
         failure = check_failure(check, params)
         if failure:
             raise StageError(f"{args.int8_path}: {failure}; model.onnx is unaffected")

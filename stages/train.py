@@ -67,7 +67,7 @@ def main():
             print(f"train: resuming the interrupted run from {resume_from}")
     train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")
     live = Live(str(args.results_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main_process else None
-    trainer, _ = make_trainer(params, training_args, model, tokenizer, train_set, val_set,
+    trainer, _ = make_trainer(params, training_args, model, tokenizer, train_set, val_set, args.checkpoints / "features",
                               [DVCLiveCallback(live=live)] if live else [])
     effective_batch_size = training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     if main_process:

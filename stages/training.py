@@ -153,13 +153,14 @@ def training_arguments(params, output_dir):
     return args
 
 
-def make_trainer(params, training_args, model, tokenizer, train_set, val_set, callbacks=()):
+def make_trainer(params, training_args, model, tokenizer, train_set, val_set, features_dir, callbacks=()):
     """The Trainer this stage trains with, and the validation inputs it evaluates on: tokenized pairs
     padded per batch, or, for a frozen base with cache_features, what the encoder gives the head,
-    computed once."""
+    computed once into features_dir by the first process of each machine."""
+    import numpy as np
     from transformers import DataCollatorWithPadding, Trainer, default_data_collator
 
-    from stages.frozen import cacheable, classification_head, feature_dataset, head_inputs
+    from stages.frozen import cacheable, classification_head, feature_dataset, head_inputs, labels_of
 
     cached = params["freeze_base"] and params["cache_features"]
     if cached and not cacheable(model):
@@ -172,8 +173,18 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, ca
     if cached:
         batch_size, device = params["eval_batch_size"], training_args.device
         trained, collator = classification_head(model), default_data_collator  # stacks the features
-        train_inputs = feature_dataset(head_inputs(model, train_set, tokenizer, batch_size, device), train_set["label"])
-        val_inputs = feature_dataset(head_inputs(model, val_set, tokenizer, batch_size, device), val_set["label"])
+        features_dir.mkdir(parents=True, exist_ok=True)
+
+        def features(name, dataset):
+            path = features_dir / f"{name}.npy"
+            if training_args.local_process_index == 0:
+                return head_inputs(model, dataset, tokenizer, batch_size, device, path)
+            return np.load(path, mmap_mode="r")
+
+        with training_args.main_process_first(local=True, desc="encoding the pairs once"):
+            train_features, val_features = features("train", train_set), features("val", val_set)
+        train_inputs = feature_dataset(train_features, labels_of(train_set))
+        val_inputs = feature_dataset(val_features, labels_of(val_set))
     else:
         trained, collator, train_inputs, val_inputs = model, DataCollatorWithPadding(tokenizer), train_set, val_set
     trainer = Trainer(model=trained, args=training_args, train_dataset=train_inputs, eval_dataset=val_inputs,

@@ -66,7 +66,7 @@ def test_model_inputs_are_those_each_architecture_takes(tiny_model, architecture
 
 @pytest.mark.parametrize("architecture, pooling", [("bert", None), ("cross-encoder", None), ("roberta", None),
                                                    ("deberta-v3", None), ("modernbert", "cls"), ("modernbert", "mean")])
-def test_the_cache_feeds_each_architectures_own_head(tiny_model, architecture, pooling):
+def test_the_cache_feeds_each_architectures_own_head(tiny_model, architecture, pooling, tmp_path):
     """The head on cached features gives the full model's logits (eval mode), pairs padded unevenly."""
     from datasets import Dataset
 
@@ -76,14 +76,14 @@ def test_the_cache_feeds_each_architectures_own_head(tiny_model, architecture, p
     dataset = Dataset.from_dict(dict(tokenizer(*PAIRS)))
     head = classification_head(model).eval()
     with torch.no_grad():
-        cached = head(features=torch.from_numpy(head_inputs(model, dataset, tokenizer, 2, "cpu"))).logits
+        cached = head(features=torch.tensor(head_inputs(model, dataset, tokenizer, 2, "cpu", tmp_path / "f.npy"))).logits
         full = model(**tokenizer(*PAIRS, padding=True, return_tensors="pt")).logits
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
     assert not any(name.startswith(model.base_model_prefix) for name, _ in head.named_parameters())
 
 
 @pytest.mark.parametrize("architecture", ["bert", "roberta", "deberta-v3", "modernbert"])
-def test_the_cached_head_drops_out_as_the_models_own_head_does_in_training(tiny_model, architecture):
+def test_the_cached_head_drops_out_as_the_models_own_head_does_in_training(tiny_model, architecture, tmp_path):
     """In training mode (encoder in eval mode, as the cache runs it), the same random state gives the
     same logits: the recipe applies every dropout of the model's head, and no other."""
     from datasets import Dataset
@@ -95,7 +95,8 @@ def test_the_cached_head_drops_out_as_the_models_own_head_does_in_training(tiny_
         dropout.p = 0.3
     assert dropouts, "the head has a dropout to compare"
     model.base_model.eval()
-    features = torch.from_numpy(head_inputs(model, Dataset.from_dict(dict(tokenizer(*PAIRS))), tokenizer, 3, "cpu"))
+    features = torch.tensor(head_inputs(model, Dataset.from_dict(dict(tokenizer(*PAIRS))), tokenizer, 3, "cpu",
+                                        tmp_path / "f.npy"))
     with torch.no_grad():
         torch.manual_seed(0)
         cached = head(features=features).logits
@@ -117,7 +118,7 @@ def test_an_architecture_without_a_recipe_trains_uncached_and_says_so(tiny_model
     model.base_model.requires_grad_(False)
     pairs = Dataset.from_dict({**tokenizer(PAIRS[0] * 4, PAIRS[1] * 4), "label": [1, 0, 0] * 4})
     args = training_arguments({**TRAIN_PARAMS, "epochs": 1}, tmp_path)
-    trainer, val_inputs = make_trainer(TRAIN_PARAMS, args, model, tokenizer, pairs, pairs)
+    trainer, val_inputs = make_trainer(TRAIN_PARAMS, args, model, tokenizer, pairs, pairs, tmp_path / "features")
     assert capsys.readouterr().out.strip() == ("train: train.cache_features: no cached-feature recipe for distilbert "
                                                "models (DistilBertForSequenceClassification); the frozen base runs on every batch")
     assert trainer.model is model and val_inputs is pairs

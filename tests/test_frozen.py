@@ -9,7 +9,7 @@ from tests.conftest import dvc, stages_run
 from tests.tiny import set_params
 
 
-def test_head_on_cached_features_equals_the_full_model_in_eval_mode(tiny_bert):
+def test_head_on_cached_features_equals_the_full_model_in_eval_mode(tiny_bert, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).eval()
@@ -17,7 +17,7 @@ def test_head_on_cached_features_equals_the_full_model_in_eval_mode(tiny_bert):
     dataset = Dataset.from_dict(dict(pairs))
     head = classification_head(model).eval()
     with torch.no_grad():
-        cached = head(features=torch.from_numpy(head_inputs(model, dataset, tokenizer, 2, "cpu"))).logits
+        cached = head(features=torch.tensor(head_inputs(model, dataset, tokenizer, 2, "cpu", tmp_path / "f.npy"))).logits
         padded = tokenizer.pad(dict(pairs), return_tensors="pt")
         full = model(**padded).logits
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from stages.metrics import classification_metrics, rank_titles, ranking_metrics, relevance_metrics, tfidf_scores
+from stages.metrics import TfidfBaseline, classification_metrics, rank_titles, ranking_metrics, relevance_metrics
 
 # Three queries: q1 ranks 1,0,1,0; q2 ranks its only relevant title third; q3 has none.
 QUERIES = ["q1"] * 4 + ["q2"] * 3 + ["q3"] * 2
@@ -57,9 +57,23 @@ def test_one_class_validation_set_gives_null_metrics_and_a_warning():
 
 
 def test_tfidf_baseline_scores_shared_words():
-    scores = tfidf_scores(["covid masks", "bats origin", "vaccine trial"],
-                          ["covid masks", "covid masks"], ["masks in schools", "bats in caves"])
+    baseline = TfidfBaseline().fit_chunk(["covid masks", "bats origin"]).fit_chunk(["vaccine trial"])
+    scores = baseline.scores(["covid masks", "covid masks"], ["masks in schools", "bats in caves"])
     assert scores[0] > 0 and scores[1] == 0
+
+
+def test_tfidf_baseline_fitted_in_chunks_scores_as_scikit_learns_vectorizer():
+    """Up to hash collisions, which these few words do not have: the same vectors as TfidfVectorizer
+    fitted on all the text at once, and words outside the fitted text ignored."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    fit = ["covid masks in schools", "bats origin", "vaccine trial of masks", "masks masks bats"]
+    queries, titles = ["covid masks", "bats and masks", "unseen words"], ["masks in schools", "bats in caves", "unseen"]
+    baseline = TfidfBaseline().fit_chunk(fit[:1]).fit_chunk(fit[1:])
+    vectorizer = TfidfVectorizer().fit(fit)
+    expected = np.asarray(vectorizer.transform(queries).multiply(vectorizer.transform(titles)).sum(axis=1)).ravel()
+    np.testing.assert_allclose(baseline.scores(queries, titles), expected, atol=1e-12)
+    assert expected[0] > 0 and expected[2] == 0
 
 
 def test_a_score_without_threshold_gets_only_threshold_free_metrics():
