@@ -128,12 +128,11 @@ class TfidfBaseline:
         self.documents += counts.shape[0]
         return self
 
-    def vectors(self, texts):
+    def scores(self, queries, titles):
         from sklearn.preprocessing import normalize
 
         seen = self.document_frequency > 0
         idf = np.where(seen, np.log((1 + self.documents) / (1 + self.document_frequency)) + 1, 0.0)
-        return normalize(self.hashing.transform(texts).multiply(idf).tocsr())
-
-    def scores(self, queries, titles):
-        return np.asarray(self.vectors(queries).multiply(self.vectors(titles)).sum(axis=1)).ravel()
+        query_vectors, title_vectors = (normalize(self.hashing.transform(texts).multiply(idf).tocsr())
+                                        for texts in (queries, titles))
+        return np.asarray(query_vectors.multiply(title_vectors).sum(axis=1)).ravel()
