@@ -92,8 +92,10 @@ def write_rows(path, rows):
         writer.writerows(rows)
 
 
-def wordpiece_vocabulary(texts):
+def wordpiece_vocabulary(texts, bert_base_ids=False):
     """Every word of `texts` as BERT splits them, and every character alone and as a ##suffix, sorted.
+    With bert_base_ids, the special tokens have bert-base-uncased's ids, which the default model's
+    vocabulary shares: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, [unused*] between.
 
     Not tokenizers' WordPiece trainer: it breaks frequency ties differently in every process, so
     the same text gave a different vocabulary, model and test results from one run to the next.
@@ -103,17 +105,21 @@ def wordpiece_vocabulary(texts):
     normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     words = {word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))}
     characters = {character for word in words for character in word}
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words | characters | {f"##{c}" for c in characters})]
+    pieces = sorted(words | characters | {f"##{c}" for c in characters})
+    if bert_base_ids:
+        return ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]", *pieces]
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *pieces]
 
 
-def write_tiny_bert(model_dir, texts, hidden_size=32, layers=2, heads=2, seed=0):
-    """Save a randomly initialised BertModel and a WordPiece tokenizer whose vocabulary comes from `texts`."""
+def write_tiny_bert(model_dir, texts, hidden_size=32, layers=2, heads=2, seed=0, bert_base_ids=False):
+    """Save a randomly initialised BertModel and a WordPiece tokenizer whose vocabulary comes from `texts`
+    (special tokens numbered as in bert-base-uncased with bert_base_ids)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "vocab.txt").write_text("\n".join(wordpiece_vocabulary(texts)) + "\n", encoding="utf-8")
+    (model_dir / "vocab.txt").write_text("\n".join(wordpiece_vocabulary(texts, bert_base_ids)) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab=str(model_dir / "vocab.txt"), model_max_length=128)
     tokenizer.save_pretrained(model_dir)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,

@@ -9,7 +9,7 @@ import pytest
 
 from tests.tiny import TINY_MODELS, csv_texts, make_scratch_project, write_pairs_csv, write_tiny_bert
 
-STAGES = ["download", "split", "encode", "train", "export", "quantize", "evaluate"]
+STAGES = ["download", "split", "encode", "train", "export", "quantize", "evaluate", "vespa"]
 
 
 def pipeline_env(**extra):

@@ -1,6 +1,7 @@
 """train across machines: two torchrun launchers, one per "node", each in its own copy of the
-reproduced project, train one model with DDP over gloo; rank 0 alone writes it, and it is the model
-one process trains at the same effective batch size, to float rounding."""
+reproduced project, train one model with DDP over gloo; rank 0 alone writes it, it is the model
+one process trains at the same effective batch size, to float rounding, and `dvc commit` records it
+on the machine that holds the repository, as the README says."""
 import json
 import shutil
 import socket
@@ -10,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import pipeline_env, run_cli
+from tests.conftest import dvc, pipeline_env, run_cli
 from tests.tiny import set_params
 
-STAGE = ["-m", "stages.train", "data/encoded", "models/pretrained", "out/finetuned", "out/checkpoints", "out/train"]
+STAGE = ["-m", "stages.train", "data/encoded", "models/pretrained", "models/finetuned", "models/checkpoints", "results/train"]
 # One batch per epoch, the whole training set (180 pairs on 2 nodes x 90, or 1 process x 180), so the
 # order in which the samplers deal the pairs out does not matter; dropout off, so neither do random
 # masks. What is left between the runs is the order of float additions.
@@ -56,6 +57,7 @@ def test_two_nodes_train_the_model_one_process_trains_at_the_same_effective_batc
     without_dropout(project)
     nodes = [project, tmp_path / "node1"]
     shutil.copytree(project, nodes[1], symlinks=True)
+    reproduced = (nodes[1] / "models/finetuned/model.safetensors").read_bytes()
     port = free_port()
     launchers = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
@@ -68,25 +70,31 @@ def test_two_nodes_train_the_model_one_process_trains_at_the_same_effective_batc
     assert "effective batch size 180 (2 process(es) x 90)" in outputs[0][0], "rank 0 reports"
     assert "effective batch size" not in outputs[1][0], "rank 1 does not"
     assert "find_unused_parameters" not in outputs[0][1] + outputs[1][1], "DDP's warning of a wasted pass"
-    assert (project / "out/finetuned/model.safetensors").exists() and not (nodes[1] / "out/finetuned").exists()
-    assert not list((project / "out/checkpoints").iterdir()) and not list((nodes[1] / "out/checkpoints").iterdir())
-    eval_loss = (project / "out/train/plots/metrics/eval/loss.tsv").read_text().splitlines()
+    assert (project / "models/finetuned/model.safetensors").read_bytes() != reproduced, "rank 0 writes the model"
+    assert (nodes[1] / "models/finetuned/model.safetensors").read_bytes() == reproduced, "rank 1 writes none"
+    assert not list((project / "models/checkpoints").iterdir()) and not list((nodes[1] / "models/checkpoints").iterdir())
+    eval_loss = (project / "results/train/plots/metrics/eval/loss.tsv").read_text().splitlines()
     assert len(eval_loss) == 1 + TRAIN["epochs"], "one validation loss per epoch, logged by one process"
 
-    two_nodes, labels = validation_logits(project, project / "out/finetuned")
+    two_nodes, labels = validation_logits(project, project / "models/finetuned")
     # The last epoch's logged validation metrics come from predictions gathered from both nodes: they
     # are the saved model's on every validation pair once, each paired with its own label.
     loss = torch.nn.functional.cross_entropy(two_nodes, labels).item()
-    assert last_logged(project / "out/train", "loss") == pytest.approx(loss, abs=1e-3)
-    assert last_logged(project / "out/train", "accuracy") == pytest.approx((two_nodes.argmax(-1) == labels).float().mean().item())
+    assert last_logged(project / "results/train", "loss") == pytest.approx(loss, abs=1e-3)
+    assert last_logged(project / "results/train", "accuracy") == pytest.approx((two_nodes.argmax(-1) == labels).float().mean().item())
 
-    single = tmp_path / "single"
-    shutil.copytree(nodes[1], single, symlinks=True)
+    single = nodes[1]  # its training outputs are still the reproduced project's
     set_params(single, {"train": {"batch_size": 2 * TRAIN["batch_size"]}})
     run_cli([sys.executable, *STAGE], single, OMP_NUM_THREADS="1")
-    one_process, _ = validation_logits(single, single / "out/finetuned")
+    one_process, _ = validation_logits(single, single / "models/finetuned")
     difference = (two_nodes - one_process).abs().max().item()
     print(f"largest validation logit difference, two nodes vs one process: {difference:.2e}")
     assert difference <= LOGIT_TOLERANCE
     first_loss = float(eval_loss[1].split("\t")[-1])
     assert loss < first_loss - 0.01, "the runs trained: the validation loss fell"
+
+    # Recorded on the machine that holds the repository: train is then up to date, with the params
+    # it ran with, and the stages after it see a new model.
+    dvc("commit", "--force", "train", cwd=project)
+    status = json.loads(dvc("status", "--json", cwd=project).stdout)
+    assert "train" not in status and {"export", "quantize", "evaluate"} <= set(status), status

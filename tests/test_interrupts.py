@@ -44,7 +44,7 @@ def test_interrupted_training_leaves_a_workspace_the_next_repro_runs_cleanly(pro
 
     set_params(project, {"train": {"epochs": 2}})  # the rerun only has to complete
     result = dvc("repro", cwd=project)
-    assert stages_run(result.stdout) == ["train", "export", "quantize", "evaluate"]
+    assert stages_run(result.stdout) == ["train", "export", "quantize", "evaluate", "vespa"]
     assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
     assert not list((project / "models/checkpoints").iterdir())
 

@@ -30,10 +30,10 @@ def test_second_repro_with_nothing_changed_runs_no_stage(project):
 
 
 @pytest.mark.parametrize(("section", "key", "value", "expected"), [
-    ("train", "learning_rate", 5e-4, ["train", "export", "quantize", "evaluate"]),
-    ("encode", "max_length", 9, ["encode", "train", "export", "quantize", "evaluate"]),  # truncates the fixture pairs
-    ("export", "opset", 17, ["export", "quantize", "evaluate"]),
-    ("quantize", "per_channel", False, ["quantize", "evaluate"]),
+    ("train", "learning_rate", 5e-4, ["train", "export", "quantize", "evaluate", "vespa"]),
+    ("encode", "max_length", 9, ["encode", "train", "export", "quantize", "evaluate", "vespa"]),  # truncates the fixture pairs
+    ("export", "opset", 17, ["export", "quantize", "evaluate", "vespa"]),
+    ("quantize", "per_channel", False, ["quantize", "evaluate", "vespa"]),
     ("split", "seed", 7, STAGES[1:]),
 ])
 def test_param_change_reruns_only_the_stages_after_it(project, section, key, value, expected):
@@ -156,7 +156,8 @@ def test_dvc_yaml_lists_exact_params_per_stage():
     assert all(isinstance(p, str) and "." in p for p in declared), "each stage names single params, not files"
     every_param = {f"{section}.{key}" for section, values in params.items() for key in values}
     assert set(declared) == every_param, "every param is read by some stage"
-    assert [p for p in declared if declared.count(p) > 1] == ["encode.max_length"] * 2  # also in export's tokenizer.json
+    # also in export's tokenizer.json, and the length of the token sequences Vespa builds
+    assert [p for p in declared if declared.count(p) > 1] == ["encode.max_length"] * 3
 
 
 def module_path(module):
