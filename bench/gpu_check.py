@@ -50,7 +50,7 @@ from pathlib import Path
 import yaml
 
 from bench.synthetic import (FILLER, OFF_TOPIC, PROJECT_FILES, PROJECT_ROOT, TOPICS, make_scratch_project, set_params,
-                             wordpiece_vocabulary)
+                             wordpiece_vocabulary, write_rows)
 
 ROWS = 51_392          # the CORD-19 query/title/label CSV's size
 QUERIES = 50           # and its number of distinct queries
@@ -108,14 +108,6 @@ def cord19_like_pairs(rows=ROWS, queries=QUERIES, seed=0):
                 made += 1
     rng.shuffle(pairs)
     return pairs
-
-
-def write_csv(path, pairs):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["query", "title", "label"])
-        writer.writerows(pairs)
-    return path
 
 
 def write_model(model_dir, texts, layers, hidden, heads, vocab, seed=0):
@@ -651,7 +643,7 @@ def main(argv=None):
         # Inputs and the scratch project first: the import check reads the project's code.
         start = time.monotonic()
         pairs = cord19_like_pairs(rows, args.queries)
-        csv_path = write_csv(scratch / "pairs.csv", pairs)
+        csv_path = write_rows(scratch / "pairs.csv", pairs)
         words = sorted({word for query, title, _ in pairs for word in f"{query} {title}".split()})
         model_dir = write_model(scratch / "bert", words, shape["layers"], shape["hidden"], shape["heads"], shape["vocab"])
         project = make_project(scratch / "project", csv_path, model_dir, overrides, use_git)

@@ -86,10 +86,12 @@ def write_scale_csv(path, rows, titles_per_query=50, seed=0):
 
 
 def write_rows(path, rows):
+    """(query, title, label) rows as the pipeline's CSV."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["query", "title", "label"])
         writer.writerows(rows)
+    return path
 
 
 def wordpiece_vocabulary(texts, bert_base_ids=False):
