@@ -93,12 +93,12 @@ def test_too_few_queries_for_a_group_split_is_refused(tmp_path):
 def test_split_stage_accepts_bom_quoted_commas_and_newlines_and_extra_columns(fresh_project):
     rows = ['\ufeffquery,title,label,source', 'covid masks,"Masks, respirators and\nface coverings",1,x',
             "covid masks,Football league,0,y", "bats,Bats and spillover,1,z", "bats,Cooking recipes,0,w",
-            "vaccine,Vaccine trial,1,v", "vaccine,Stock market,0,u", "heart,Cardiac study,1,t", "heart,Galaxy orbit,0,s"]
+            "vaccine,Vaccine trial,1,v", "vaccine,Stock market,0,u", 'heart,"Cardiac ""study""",1,t', "heart,Galaxy orbit,0,s"]
     result = run_split(fresh_project, "\n".join(rows) + "\n")
     assert result.returncode == 0, result.stderr
     both = pd.concat([read_all_pairs(fresh_project / "data/split" / name) for name in ("train.csv", "val.csv")])
     assert list(both.columns) == ["query", "title", "label"] and len(both) == 8
-    assert "Masks, respirators and\nface coverings" in set(both["title"])
+    assert {"Masks, respirators and\nface coverings", 'Cardiac "study"'} <= set(both["title"])
 
 
 def run_split(project, content):
