@@ -1,13 +1,12 @@
-"""Small local stand-ins for the real inputs, which need the network: a synthetic
-query/title/label CSV with a learnable signal, a tiny randomly initialised BERT with a
-WordPiece vocabulary built from that CSV (and tiny models of the other architectures, each in its
-real hub layout), and a scratch copy of the project to run dvc in.
+"""Small local stand-ins for the real inputs, which need the network: the synthetic CSV, the tiny
+BERT and the scratch project of bench/synthetic.py (shared with the benchmarks), with the tests'
+fast training params, and tiny models of the other architectures, each in its real hub layout.
 Used by the tests and by the offline demo (python -m tests.demo).
 """
 from pathlib import Path
 
 from bench import synthetic
-from bench.synthetic import (FILLER, OFF_TOPIC, PROJECT_ROOT, TOPICS, csv_texts, set_params,  # noqa: F401 (the tests' names)
+from bench.synthetic import (PROJECT_ROOT, csv_texts, set_params,  # noqa: F401 (imported by the tests from here)
                              wordpiece_vocabulary, write_pairs_csv, write_tiny_bert)
 
 
