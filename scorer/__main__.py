@@ -51,6 +51,9 @@ def score_csv(scorer, input_path, output_path, batch_size):
                         progress.update(len(chunk))
             if scored == 0:
                 sys.exit(f"error: {input_path}: no rows after the header")
+            umask = os.umask(0)  # mkstemp made the file owner-only; give it the mode any new file of the user's gets
+            os.umask(umask)
+            os.chmod(scratch, 0o666 & ~umask)
             os.replace(scratch, output_path)
         finally:
             if os.path.exists(scratch):

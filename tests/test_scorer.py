@@ -86,6 +86,18 @@ def test_scored_pairs_equal_pytorch_without_importing_torch(reproduced_project, 
     np.testing.assert_allclose([float(r["relevance"]) for r in rows], expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_scored_file_gets_the_mode_the_umask_gives_a_new_file(reproduced_project, tmp_path, umask):
+    import shlex
+    import stat
+
+    input_csv, output_csv = tmp_path / "pairs.csv", tmp_path / "scored.csv"
+    input_csv.write_text("query,title\ncovid masks,Face masks in schools\n")
+    command = [sys.executable, "-m", "scorer", "pairs", str(input_csv), str(output_csv)]
+    run_cli(["sh", "-c", f"umask {umask:03o} && exec {shlex.join(command)}"], cwd=reproduced_project)
+    assert stat.S_IMODE(output_csv.stat().st_mode) == 0o666 & ~umask
+
+
 def test_scores_come_back_in_input_order_when_batches_are_sorted_by_length(reproduced_project):
     from scorer import RelevanceScorer
 
