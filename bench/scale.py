@@ -9,7 +9,7 @@ table, the bytes each stage's peak anonymous memory grows by per added row, and 
 to bench/results/scale.md and scale.json.
 
     python -m bench.scale                          # 50k, 500k and 2M rows: about 25 minutes on 2 cores
-    python -m bench.scale --rows 40000 400000      # another set of sizes
+    python -m bench.scale --rows 40000 400000 --name scale-40k-400k   # other sizes, into bench/results/NAME.md
 """
 import argparse
 import json
@@ -75,7 +75,7 @@ def bytes_per_row(results, sizes):
     return growth
 
 
-def write_report(results, growth, sizes, machine):
+def write_report(results, growth, sizes, machine, results_name):
     names = list(results[sizes[0]])
     lines = [f"# Stage time and memory against rows ({machine})", "",
              "`python -m bench.scale`: each stage's dvc.yaml command on a synthetic CSV of realistic pairs "
@@ -90,15 +90,16 @@ def write_report(results, growth, sizes, machine):
               "| stage | " + " | ".join(f"{span} rows" for span in growth) + " |", "|---|" + "---|" * len(growth)]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(str(g[name]) for g in growth.values()) + " |")
-    (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "scale.json").write_text(json.dumps({"machine": machine, "results": results, "bytes_per_row": growth},
-                                                   indent=2) + "\n")
+    (RESULTS / f"{results_name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{results_name}.json").write_text(json.dumps({"machine": machine, "results": results, "bytes_per_row": growth},
+                                                     indent=2) + "\n")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[50_000, 500_000, 2_000_000])
     parser.add_argument("--scratch", type=Path, help="keep the scratch projects here (default: a temporary folder)")
+    parser.add_argument("--name", default="scale", help="results file name in bench/results (default: %(default)s)")
     args = parser.parse_args()
     sizes = sorted(args.rows)
     with tempfile.TemporaryDirectory(prefix="scale-") as temporary:
@@ -106,8 +107,8 @@ def main():
         scratch.mkdir(parents=True, exist_ok=True)
         results = {rows: run_size(rows, scratch) for rows in sizes}
     growth = bytes_per_row(results, sizes)
-    write_report(results, growth, sizes, cpu())
-    print((RESULTS / "scale.md").read_text())
+    write_report(results, growth, sizes, cpu(), args.name)
+    print((RESULTS / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":
