@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.benchmark import median_time, realistic_pairs
+from bench.memory import cpu
 from bench.synthetic import FILLER, OFF_TOPIC, TOPICS
 
 RESULTS = Path(__file__).parent / "results"
@@ -546,7 +547,7 @@ def main():
                  "on small sets.")
 
     report = {"date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()} {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
+              "machine": f"{platform.machine()} {cpu()}, load average {os.getloadavg()[0]:.1f} at the end",
               "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
                            "transformers": transformers.__version__},
               "model": source, "layers": layers, "hidden": hidden, "opset": args.opset, "train": training,
@@ -559,16 +560,6 @@ def main():
     (RESULTS / "int8.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / "int8.md").write_text(markdown(report) + "\n")
     print(markdown(report))
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

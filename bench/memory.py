@@ -1,4 +1,5 @@
-"""Run a command and measure its peak memory over its whole process tree, as the kernel counts it.
+"""Run a command and measure its peak memory over its whole process tree, as the kernel counts it;
+and say what CPU measured it (cpu()), since CPUs differ between this project's machines.
 
 Peak anonymous memory (RssAnon summed over the tree, sampled every 20 ms) is what can run a
 machine out of memory; memory-mapped files and the page cache, which the kernel can drop, are not
@@ -6,10 +7,26 @@ in it. Peak RSS (VmRSS summed) is reported beside it.
 
     python -m bench.memory -- python -m stages.split data/raw/pairs.csv data/split results/split/metrics.json
 """
+import os
+import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+def cpu():
+    """'model name, N cores, ISA': the widest int8-relevant instruction set (VNNI makes int8 GEMMs up
+    to 4x fp32's; on AVX2 alone they are no faster)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    isa = next((name for flag, name in [("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"),
+                                        ("avx2", "AVX2")] if flag in flags), "older than AVX2")
+    return f"{model}, {os.cpu_count()} cores, {isa}"
 
 
 def status_kib(pid, field):

@@ -13,8 +13,6 @@ to bench/results/scale.md and scale.json.
 """
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -22,22 +20,12 @@ from pathlib import Path
 
 import yaml
 
-from bench.memory import measure
+from bench.memory import cpu, measure
 from bench.synthetic import PROJECT_ROOT, csv_texts, make_scratch_project, write_scale_csv, write_tiny_bert
 
 RESULTS = PROJECT_ROOT / "bench/results"
 PARAMS = {"train": {"epochs": 1, "batch_size": 256, "eval_batch_size": 256, "warmup_steps": 0}}
 VOCABULARY_ROWS = 5_000  # the tiny BERT's vocabulary comes from the first rows: every word, every digit
-
-
-def cpu():
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-VNNI" if "avx_vnni" in flags else \
-        "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "older"
-    return f"{model}, {os.cpu_count()} cores, {isa}"
 
 
 def stage_commands():
