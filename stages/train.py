@@ -83,6 +83,7 @@ def main():
             model.save_pretrained(model_dir)  # with the head trained in place when features were cached
             tokenizer.save_pretrained(model_dir)
         empty_checkpoints(args.checkpoints)  # the run completed: nothing to resume
+    trainer.accelerator.end_training()  # under torchrun, leave the process group before exiting
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@ reproduced project, train one model with DDP over gloo; rank 0 alone writes it, 
 one process trains at the same effective batch size, to float rounding, and `dvc commit` records it
 on the machine that holds the repository, as the README says."""
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -27,6 +30,34 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launch_nodes(nodes, port, log_dir, timeout=300):
+    """One torchrun launcher per node; each node's (stdout, stderr) once both have exited. Their output
+    goes to files, not pipes: a pipe read after the other node's fills up with progress bars and blocks
+    that node mid-training, and the other with it, in their next collective."""
+    logs = [(log_dir / f"node{rank}.out", log_dir / f"node{rank}.err") for rank in range(len(nodes))]
+    launchers = []
+    for rank, (node, (out, err)) in enumerate(zip(nodes, logs)):
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            launchers.append(subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
+                 "--master-addr=127.0.0.1", f"--master-port={port}", *STAGE],
+                cwd=node, env=pipeline_env(OMP_NUM_THREADS="1"), stdout=stdout, stderr=stderr, start_new_session=True))
+    deadline = time.monotonic() + timeout
+    for launcher in launchers:
+        try:
+            launcher.wait(timeout=max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            pass
+    for launcher in launchers:
+        if launcher.poll() is None:  # the launcher and the training process it started
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+    for rank, (launcher, (stdout, stderr)) in enumerate(zip(launchers, outputs)):
+        assert launcher.returncode == 0, f"node {rank} exited with {launcher.returncode}:\n{(stdout + stderr)[-5000:]}"
+    return outputs
 
 
 def without_dropout(project):
@@ -59,14 +90,7 @@ def test_two_nodes_train_the_model_one_process_trains_at_the_same_effective_batc
     shutil.copytree(project, nodes[1], symlinks=True)
     reproduced = (nodes[1] / "models/finetuned/model.safetensors").read_bytes()
     port = free_port()
-    launchers = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
-         "--master-addr=127.0.0.1", f"--master-port={port}", *STAGE],
-        cwd=node, env=pipeline_env(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for rank, node in enumerate(nodes)]
-    outputs = [launcher.communicate(timeout=300) for launcher in launchers]
-    for launcher, (stdout, stderr) in zip(launchers, outputs):
-        assert launcher.returncode == 0, stdout + stderr
+    outputs = launch_nodes(nodes, port, tmp_path)
     assert "effective batch size 180 (2 process(es) x 90)" in outputs[0][0], "rank 0 reports"
     assert "effective batch size" not in outputs[1][0], "rank 1 does not"
     assert "find_unused_parameters" not in outputs[0][1] + outputs[1][1], "DDP's warning of a wasted pass"
