@@ -1,5 +1,6 @@
-"""quantize: write models/model.int8.onnx, the float32 model with int8 weights (onnxruntime's
-dynamic quantization), and check that it ranks the validation pairs as the float32 model does.
+"""quantize: write models/model.int8.onnx, the float32 model with int8 weights and activations
+(onnxruntime's dynamic quantization, its activations scaled per token so that a pair scores the same
+in any batch), and check that it ranks the validation pairs as the float32 model does.
 
 Its own stage, after export: an int8 copy that fails its check stops here and never takes
 model.onnx down with it.
@@ -11,8 +12,9 @@ from stages.common import StageError, atomic_path, load_params, read_pairs, run,
 
 
 def quantize(onnx_path, int8_path, params):
-    """int8 weights for the op types in quantize.op_types, one scale per output channel with
-    quantize.per_channel, 7-bit with quantize.reduce_range (bench/results/int8.md compares settings).
+    """onnxruntime's dynamic quantization of the op types in quantize.op_types (int8 weights, one scale
+    per output channel with quantize.per_channel, 7-bit with quantize.reduce_range), its activations
+    then quantized per token (per_token_activations) with quantize.per_token.
 
     Never opset 23's standard Attention op: quantize_dynamic would take it for onnxruntime's own
     com.microsoft Attention and write an invalid model.
@@ -30,6 +32,74 @@ def quantize(onnx_path, int8_path, params):
     del model.graph.value_info[:]
     quantize_dynamic(model, int8_path, weight_type=QuantType.QInt8, per_channel=params["per_channel"],
                      reduce_range=params["reduce_range"], op_types_to_quantize=list(params["op_types"]))
+    if params["per_token"]:
+        quantized = onnx.load(int8_path)
+        per_token_activations(quantized.graph, opset_of(quantized))
+        onnx.save(quantized, int8_path)
+
+
+def opset_of(model):
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def per_token_activations(graph, opset):
+    """Replace each DynamicQuantizeLinear, which takes one int8 scale from the whole batch tensor (every
+    pair and its padding), by the same quantization with one scale per token: the largest |value| of
+    the token's own vector maps to 127, around the fixed zero point 128. A pair's int8 score then
+    depends on its own tokens only, never on the pairs it is batched with.
+
+    What quantize_dynamic wrote after each MatMulInteger (Cast, then Mul by the activation scale times
+    the weight scales) is kept with an activation scale of 1, and the per-token scales multiply its
+    output: onnxruntime fuses that chain into MatMulIntegerToFloat, which takes only a per-tensor
+    activation scale (given per-token scales there, it computes wrong logits)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = {"per_token.127": np.array(127.0, np.float32), "per_token.128": np.array(128.0, np.float32),
+                 "per_token.one": np.array(1.0, np.float32), "per_token.smallest": np.array(np.finfo(np.float32).tiny, np.float32),
+                 "per_token.zero_point": np.array(128, np.uint8), "per_token.last_axis": np.array([-1], np.int64)}
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(name, op_type):
+        (node,) = consumers[name]
+        if node.op_type != op_type:
+            raise StageError(f"quantize.per_token: expected {op_type} after {name}, found {node.op_type}")
+        return node
+
+    token_scale_after = {}  # id of the Mul that ends a MatMulInteger's chain -> that MatMul's token scales
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "DynamicQuantizeLinear":
+            nodes.append(node)
+            if id(node) in token_scale_after:
+                output = node.output[0]
+                node.output[0] = f"{output}.per_tensor"
+                nodes.append(helper.make_node("Mul", [node.output[0], token_scale_after[id(node)]], [output]))
+            continue
+        (x,), (quantized, scale, zero_point), prefix = node.input, node.output, f"{node.name or quantized}.per_token"
+        # ReduceMax takes its axes as an input from opset 18, as an attribute before.
+        axes = {"inputs": [f"{prefix}.abs", "per_token.last_axis"]} if opset >= 18 else {"inputs": [f"{prefix}.abs"], "axes": [-1]}
+        nodes += [
+            helper.make_node("Abs", [x], [f"{prefix}.abs"]),
+            helper.make_node("ReduceMax", axes.pop("inputs"), [f"{prefix}.max"], keepdims=1, **axes),
+            helper.make_node("Div", [f"{prefix}.max", "per_token.127"], [f"{prefix}.unclipped"]),
+            helper.make_node("Max", [f"{prefix}.unclipped", "per_token.smallest"], [f"{prefix}.scale"]),  # an all-zero token
+            helper.make_node("Div", [x, f"{prefix}.scale"], [f"{prefix}.scaled"]),
+            helper.make_node("Round", [f"{prefix}.scaled"], [f"{prefix}.rounded"]),  # within [-127, 127]
+            helper.make_node("Add", [f"{prefix}.rounded", "per_token.128"], [f"{prefix}.shifted"]),
+            helper.make_node("Cast", [f"{prefix}.shifted"], [quantized], to=TensorProto.UINT8),
+            helper.make_node("Identity", ["per_token.zero_point"], [zero_point]),
+            helper.make_node("Identity", ["per_token.one"], [scale]),
+        ]
+        for matmul in consumers[quantized]:
+            end = only_consumer(only_consumer(matmul.output[0], "Cast").output[0], "Mul")
+            token_scale_after[id(end)] = f"{prefix}.scale"
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def check_sample(val_csv, check_pairs):

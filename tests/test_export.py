@@ -98,6 +98,44 @@ def test_int8_model_loads_and_stays_close_to_float32(classifier, exported, tmp_p
     assert 0 < np.abs(int8 - float32).max() < 0.1, "int8 rounding moves logits a little, never this much"
 
 
+@pytest.fixture(scope="module")
+def confident_export(classifier, tmp_path_factory):
+    """The tiny classifier with its head scaled up, so its logits spread as a trained model's do (by
+    units, not hundredths) and batch dependence is measured against a realistic scale."""
+    import copy
+
+    model = copy.deepcopy(classifier)
+    with torch.no_grad():
+        model.classifier.weight.mul_(100)
+    path = tmp_path_factory.mktemp("confident") / "model.onnx"
+    export_onnx(model, random_batch(np.random.default_rng(0), 4, 12, model.config.vocab_size), path, opset=18)
+    return path
+
+
+@pytest.mark.parametrize("per_token", [True, False], ids=["per_token", "onnxruntime_per_tensor"])
+def test_int8_model_scores_a_pair_the_same_alone_and_in_any_batch_only_with_per_token_scales(
+        classifier, confident_export, per_token, tmp_path):
+    import onnxruntime
+
+    int8_path = tmp_path / "model.int8.onnx"
+    quantize(confident_export, int8_path, {**load_params("quantize"), "per_token": per_token})
+    session = onnxruntime.InferenceSession(str(int8_path))
+    batch = random_batch(np.random.default_rng(3), 8, 24, classifier.config.vocab_size)
+    (batched,) = session.run(["logits"], batch)
+    (reordered,) = session.run(["logits"], {name: values[::-1] for name, values in batch.items()})
+    differences = [np.abs(reordered[::-1] - batched).max()]
+    for row, length in enumerate(batch["attention_mask"].sum(axis=1)):
+        alone = {name: values[row:row + 1, :length] for name, values in batch.items()}
+        padded = {name: np.pad(values, ((0, 0), (0, 40))) for name, values in alone.items()}  # [PAD] id 0, mask 0
+        differences += [np.abs(session.run(["logits"], feeds)[0][0] - batched[row]).max() for feeds in (alone, padded)]
+    spread = np.ptp(batched[:, 1] - batched[:, 0])
+    assert spread > 1, "margins spread as a trained model's"
+    if per_token:
+        assert max(differences) <= 1e-3, "a pair's int8 logits do not depend on its batch or its padding"
+    else:  # what the per-token scales fix: one scale for the whole batch tensor, padding included
+        assert max(differences) > 1e-2
+
+
 def test_opset_the_exporter_cannot_write_is_refused(classifier, tmp_path):
     path = tmp_path / "model.onnx"
     export_onnx(classifier, random_batch(np.random.default_rng(0), 2, 6, classifier.config.vocab_size), path, opset=14)

@@ -134,6 +134,17 @@ def batches(models):
     return [scorer.encode(*zip(*pairs)) for pairs in (PAIRS, SHORT, PAIRS[:1])]
 
 
+def test_int8_model_scores_each_pair_as_it_does_alone(models):
+    from scorer import RelevanceScorer
+
+    scorer = RelevanceScorer(models / "model.int8.onnx")
+    queries, titles = zip(*PAIRS)
+    alone = np.concatenate([scorer.logits([query], [title]) for query, title in PAIRS])
+    for batch in (list(range(len(PAIRS))), [5, 0, 7, 2], [6, 1]):  # padded to 128 tokens, to 21, and short
+        logits = scorer.logits([queries[i] for i in batch], [titles[i] for i in batch])
+        np.testing.assert_allclose(logits, alone[batch], atol=1e-3, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def references(reproduced_project, models, metadata, batches):
     """What each runtime must give: PyTorch's logits for model.onnx; for model.int8.onnx, which has
