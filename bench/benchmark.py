@@ -13,7 +13,6 @@ and prints the Markdown table the README shows. Timing is never asserted by the 
 import argparse
 import json
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -25,25 +24,11 @@ import numpy as np
 import yaml
 
 from stages.common import LABELS, load_params
-from bench.synthetic import FILLER, OFF_TOPIC, TOPICS, write_tiny_bert
+from bench.synthetic import realistic_pairs, write_tiny_bert
 
 RESULTS = Path(__file__).parent / "results"
 MAX_LENGTH = load_params("encode")["max_length"]
 AUC_TOLERANCE = 0.05  # |reference - project| validation ROC-AUC allowed for "same results"
-
-
-def realistic_pairs(rows, seed=0):
-    """Queries of 2-6 words and titles of 6-30 words (CORD-19 titles vary that much), half relevant."""
-    rng = random.Random(seed)
-    topics, others = list(TOPICS.values()), list(OFF_TOPIC.values())
-    queries, titles, labels = [], [], []
-    for i in range(rows):
-        words = rng.choice(topics)
-        title_words = words if i % 2 == 0 else rng.choice(others + topics)
-        queries.append(" ".join(rng.sample(words + FILLER, rng.randint(2, 6))))
-        titles.append(" ".join(rng.choices(title_words + FILLER, k=rng.randint(6, 30))).capitalize())
-        labels.append(int(i % 2 == 0))
-    return queries, titles, labels
 
 
 def median_time(run, repeats):

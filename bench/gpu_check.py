@@ -11,8 +11,8 @@ the stages after it), and any failure makes the exit status 1:
    are covered), plus what dvclive imports when a stage creates `Live(...)`, is importable here.
 2. GPU tests: pytest on tests/test_train.py and every tests/test_gpu*.py (but this check's own
    test), without the project's xdist addopts; passed/failed/skipped counts.
-3. pipeline: a 51,392-row synthetic CSV shaped like the CORD-19 one (50 queries, titles of 6-30
-   words, about 3 in 10 relevant) and a randomly initialised BERT-small-shaped model (4 layers,
+3. pipeline: a 51,350-row synthetic CSV shaped like the CORD-19 one (bench.synthetic.realistic_pairs:
+   50 queries, titles of 6-30 words, about 3 in 10 relevant) and a randomly initialised BERT-small-shaped model (4 layers,
    hidden 512, 8 heads, intermediate 2048, a 30,522-token vocabulary); a scratch copy of the
    project with the shipped params.yaml except data.url and model.name; then each stage's `cmd`
    from dvc.yaml, read at run time, in dependency order, as `dvc repro` would run them (dvc itself
@@ -22,8 +22,8 @@ the stages after it), and any failure makes the exit status 1:
 
 It prints and records each stage's seconds, training samples/s (dvclive's log of the Trainer), the
 GPU's name and the share of its dense bf16 peak that useful compute reaches (6 FLOPs per
-non-embedding parameter per real token plus attention, padding excluded; bench.benchmark's
-model). The record goes to docs/gpu-check-<date>.md and .json, or to $OUT when that is set
+non-embedding parameter per real token plus attention, padding excluded:
+bench.benchmark.useful_training_flops). The record goes to docs/gpu-check-<date>.md and .json, or to $OUT when that is set
 (--out overrides both); it is rewritten after every step, so a run cut short leaves what it did.
 docs/gpu.md says how to run it on a machine without dvc, dvclive or datasets.
 """
@@ -35,7 +35,6 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import shlex
 import shutil
@@ -49,10 +48,11 @@ from pathlib import Path
 
 import yaml
 
-from bench.synthetic import (FILLER, OFF_TOPIC, PROJECT_FILES, PROJECT_ROOT, TOPICS, make_scratch_project, set_params,
-                             wordpiece_vocabulary, write_rows)
+from bench.benchmark import useful_training_flops
+from bench.synthetic import (PROJECT_FILES, PROJECT_ROOT, make_scratch_project, pipeline_stages, realistic_pairs, set_params,
+                             write_rows, write_tiny_bert)
 
-ROWS = 51_392          # the CORD-19 query/title/label CSV's size
+ROWS = 51_392          # the CORD-19 query/title/label CSV's size (rounded down to whole queries)
 QUERIES = 50           # and its number of distinct queries
 RELEVANT_SHARE = 0.3   # about 1 relevant title per 2.3 irrelevant ones
 BERT_SMALL = {"layers": 4, "hidden": 512, "heads": 8, "vocab": 30_522}   # google/bert_uncased_L-4_H-512_A-8
@@ -68,73 +68,6 @@ TAIL_LINES = 40
 
 
 # ----------------------------------------------------------------------------- inputs
-
-def cord19_like_pairs(rows=ROWS, queries=QUERIES, seed=0):
-    """(query, title, label) rows: `queries` distinct queries of 2-6 words, each with the same share of
-    the rows; titles of 6-30 words (mode 10, as CORD-19's titles are mostly short); a title is relevant
-    (label 1) when it is about its query's topic, and irrelevant titles are about another covid topic
-    (hard) or another subject (easy). Every (query, title) pair is distinct."""
-    rng = random.Random(seed)
-    topics = list(TOPICS.values())
-    query_words = ["coronavirus", "covid", "sars-cov-2", "and", "in", "of"]
-    chosen, seen = [], set()
-    while len(chosen) < queries:
-        topic = topics[len(chosen) % len(topics)]
-        words = rng.sample(topic, rng.randint(1, 3)) + rng.sample(query_words, rng.randint(1, 3))
-        text = " ".join(words)
-        if text not in seen:
-            seen.add(text)
-            chosen.append((text, topic))
-    pairs, seen = [], set()
-    for index, (query, topic) in enumerate(chosen):
-        count = rows // queries + (index < rows % queries)
-        made = 0
-        while made < count:
-            relevant = rng.random() < RELEVANT_SHARE
-            if relevant:
-                subject = topic
-            elif rng.random() < 0.5:
-                subject = rng.choice([t for t in topics if t is not topic])
-            else:
-                subject = rng.choice(list(OFF_TOPIC.values()))
-            length = int(rng.triangular(6, 31, 10))
-            on_subject = max(1, round(length * rng.uniform(0.15, 0.4)))
-            words = rng.choices(subject, k=on_subject) + rng.choices(FILLER, k=length - on_subject)
-            rng.shuffle(words)
-            title = " ".join(words).capitalize()
-            if (query, title) not in seen:
-                seen.add((query, title))
-                pairs.append((query, title, int(relevant)))
-                made += 1
-    rng.shuffle(pairs)
-    return pairs
-
-
-def write_model(model_dir, texts, layers, hidden, heads, vocab, seed=0):
-    """A randomly initialised BertModel with a WordPiece tokenizer for `texts`, its vocabulary padded
-    with [unusedN] entries to `vocab` tokens (BERT's 30,522) so the embeddings are the real size."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    words = wordpiece_vocabulary(texts)
-    words += [f"[unused{i}]" for i in range(max(0, vocab - len(words)))]
-    (model_dir / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab=str(model_dir / "vocab.txt"), model_max_length=512)
-    tokenizer.save_pretrained(model_dir)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=4 * hidden, max_position_embeddings=512)
-    torch.manual_seed(seed)
-    BertModel(config).save_pretrained(model_dir)
-    return model_dir
-
-
-def make_project(dest, csv_path, model_dir, overrides, use_git):
-    """The project's pipeline files in `dest`, params as shipped except the inputs and `overrides`; a git
-    repository when git is there, as the README's setup has it (dvclive then sees git + DVC)."""
-    return make_scratch_project(dest, csv_path, model_dir, params=overrides, use_git=use_git)
-
 
 def parse_overrides(settings):
     """['train.epochs=1', ...] -> {'train': {'epochs': 1}}; values are YAML."""
@@ -315,31 +248,6 @@ def run_gpu_tests(scratch, clock, patterns=GPU_TEST_FILES):
 
 # ----------------------------------------------------------------------------- 3. the pipeline
 
-def stage_order(dvc_yaml):
-    """The stages of dvc.yaml in an order that runs each after the stages whose outputs it reads;
-    otherwise in file order, as `dvc repro` does."""
-    stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
-
-    def paths(entries):
-        return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
-
-    def overlaps(a, b):
-        a, b = a.rstrip("/"), b.rstrip("/")
-        return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-    outs = {name: paths(s.get("outs")) + paths(s.get("metrics")) + paths(s.get("plots")) for name, s in stages.items()}
-    needs = {name: {other for other in stages if other != name
-                    for dep in paths(s.get("deps")) for out in outs[other] if overlaps(dep, out)}
-             for name, s in stages.items()}
-    order = []
-    while len(order) < len(stages):
-        ready = [name for name in stages if name not in order and needs[name] <= set(order)]
-        if not ready:
-            raise SystemExit(f"error: {dvc_yaml}: the stages' dependencies form a cycle")
-        order.append(ready[0])
-    return [(name, stages[name]) for name in order]
-
-
 def run_stage(name, stage, project, shim_dir, logs, clock):
     commands = stage.get("cmd")
     if commands is None:
@@ -379,29 +287,10 @@ def split_pairs(project, split):
     return [row["query"] for row in rows], [row["title"] for row in rows]
 
 
-def training_flops(model_dir, queries, titles):
-    """bench.benchmark.useful_training_flops (tested against torch's FLOP counter), or, should that
-    module not import here, the same formula: 6 FLOPs per non-embedding parameter per real token,
-    plus attention's 12 x layers x hidden x length^2 per pair."""
-    try:
-        from bench.benchmark import useful_training_flops
-    except ImportError:
-        import numpy as np
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
-        parameters = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in name)
-        encoded = AutoTokenizer.from_pretrained(model_dir)(queries, titles, truncation=True, max_length=128)
-        lengths = np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.float64)
-        layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
-        return 6 * parameters * lengths.sum() + 12 * layers * hidden * (lengths ** 2).sum()
-    return useful_training_flops(model_dir, queries, titles)
-
-
 @functools.lru_cache(maxsize=None)
 def epoch_flops(model_dir, project, split):
     """The useful FLOPs of one training epoch over a split's pairs."""
-    return training_flops(model_dir, *split_pairs(Path(project), split))
+    return useful_training_flops(model_dir, *split_pairs(Path(project), split))
 
 
 def useful_flops(model_dir, project, split, forward_only):
@@ -642,11 +531,11 @@ def main(argv=None):
 
         # Inputs and the scratch project first: the import check reads the project's code.
         start = time.monotonic()
-        pairs = cord19_like_pairs(rows, args.queries)
+        pairs = list(zip(*realistic_pairs(args.queries, max(1, rows // args.queries), RELEVANT_SHARE)))
         csv_path = write_rows(scratch / "pairs.csv", pairs)
-        words = sorted({word for query, title, _ in pairs for word in f"{query} {title}".split()})
-        model_dir = write_model(scratch / "bert", words, shape["layers"], shape["hidden"], shape["heads"], shape["vocab"])
-        project = make_project(scratch / "project", csv_path, model_dir, overrides, use_git)
+        model_dir = write_tiny_bert(scratch / "bert", [text for pair in pairs for text in pair[:2]], shape["hidden"],
+                                    shape["layers"], shape["heads"], vocab_size=shape["vocab"], max_length=512)
+        project = make_scratch_project(scratch / "project", csv_path, model_dir, overrides, use_git)
         params = yaml.safe_load((project / "params.yaml").read_text())
         vocab_size = len((model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines())
         record["pipeline"] = {
@@ -669,7 +558,7 @@ def main(argv=None):
                      f"{tests['skipped']} skipped in {tests['seconds']:.1f} s ({tests['status']})")
 
         record["stages"] = []
-        for name, stage in stage_order(project / "dvc.yaml"):
+        for name, stage in pipeline_stages(project / "dvc.yaml"):
             if record["stages"] and record["stages"][-1]["status"] != "ok":
                 record["stages"].append({"name": name, "status": "not run (an earlier stage failed)", "seconds": 0.0})
                 continue
@@ -702,7 +591,7 @@ def main(argv=None):
         if (project / "results/eval/metrics.json").exists():
             record["pipeline"]["eval_metrics"] = json.loads((project / "results/eval/metrics.json").read_text())
 
-        record["finetune"] = run_finetune(args.finetune_epochs, project, stage_order(project / "dvc.yaml"), model_dir,
+        record["finetune"] = run_finetune(args.finetune_epochs, project, pipeline_stages(project / "dvc.yaml"), model_dir,
                                           shim_dir, logs, clock, peak, train_stage)
         if record["finetune"]["status"] != "skipped":
             progress(f"full fine-tune: {fmt(record['finetune'].get('seconds'))} s ({record['finetune']['status']}), "

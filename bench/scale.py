@@ -18,19 +18,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
 
 from bench.memory import cpu, measure
-from bench.synthetic import PROJECT_ROOT, csv_texts, make_scratch_project, write_scale_csv, write_tiny_bert
+from bench.synthetic import PROJECT_ROOT, csv_texts, make_scratch_project, pipeline_stages, write_scale_csv, write_tiny_bert
 
 RESULTS = PROJECT_ROOT / "bench/results"
 PARAMS = {"train": {"epochs": 1, "batch_size": 256, "eval_batch_size": 256, "warmup_steps": 0}}
 VOCABULARY_ROWS = 5_000  # the tiny BERT's vocabulary comes from the first rows: every word, every digit
-
-
-def stage_commands():
-    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    return {name: shlex.split(" ".join(stage["cmd"].split())) for name, stage in stages.items()}
 
 
 def run_size(rows, scratch):
@@ -39,7 +33,7 @@ def run_size(rows, scratch):
     head.write_text("".join(line for _, line in zip(range(VOCABULARY_ROWS + 1), open(csv_path, encoding="utf-8"))))
     model = write_tiny_bert(scratch / "tiny-bert", csv_texts(head))
     project = make_scratch_project(scratch / f"project-{rows}", csv_path, model, PARAMS, use_git=False)
-    commands = {**stage_commands(),
+    commands = {**{name: shlex.split(" ".join(stage["cmd"].split())) for name, stage in pipeline_stages()},
                 "scorer CLI": ["python", "-m", "scorer", "pairs", "data/split/val.csv", "scored.csv"]}
     results = {}
     for name, command in commands.items():

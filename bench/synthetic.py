@@ -3,6 +3,7 @@
 - query/title/label CSVs with a learnable signal, of any size (a title is relevant exactly when it
   is about its query's topic; irrelevant titles are about another covid topic, hard, or an
   unrelated subject, easy), streamed, so tens of millions of rows take no more memory than a hundred;
+- the benchmarks' pairs of realistic lengths, grouped by query (realistic_pairs);
 - a tiny randomly initialised BERT with a WordPiece vocabulary built from such text;
 - a scratch copy of the project, pointed at them, to run the stages or dvc in.
 """
@@ -54,6 +55,30 @@ def title_for(rng, topic, relevant, kind, filler_words):
     title = rng.sample(words, 2) + rng.sample(FILLER, filler_words)
     rng.shuffle(title)
     return " ".join(title).capitalize()
+
+
+def realistic_pairs(queries, titles_per_query=1, relevant_share=0.5, seed=0):
+    """(queries, titles, labels) lists, the benchmarks' pairs: `queries` distinct queries of 2-6 words on a
+    covid topic, each followed by `titles_per_query` titles of 6-30 words (CORD-19's titles vary that much).
+    A title is relevant (about its query's topic) with probability relevant_share; an irrelevant one is
+    about any topic, its query's included, or another subject: ambiguous enough that a model trained on
+    them stays short of a perfect ROC-AUC, which would hide what quantization or a bug costs."""
+    rng = random.Random(seed)
+    topics, others = list(TOPICS.values()), list(OFF_TOPIC.values())
+    seen, rows = set(), ([], [], [])
+    while len(seen) < queries:
+        words = rng.choice(topics)
+        query = " ".join(rng.sample(words + FILLER, rng.randint(2, 6)))
+        if query in seen:
+            continue
+        seen.add(query)
+        for _ in range(titles_per_query):
+            relevant = rng.random() < relevant_share
+            title_words = words if relevant else rng.choice(others + topics)
+            title = " ".join(rng.choices(title_words + FILLER, k=rng.randint(6, 30))).capitalize()
+            for column, value in zip(rows, (query, title, int(relevant))):
+                column.append(value)
+    return rows
 
 
 def write_pairs_csv(path, titles_per_query=12, seed=0):
@@ -113,19 +138,23 @@ def wordpiece_vocabulary(texts, bert_base_ids=False):
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *pieces]
 
 
-def write_tiny_bert(model_dir, texts, hidden_size=32, layers=2, heads=2, seed=0, bert_base_ids=False):
+def write_tiny_bert(model_dir, texts, hidden_size=32, layers=2, heads=2, seed=0, bert_base_ids=False, vocab_size=0,
+                    max_length=128):
     """Save a randomly initialised BertModel and a WordPiece tokenizer whose vocabulary comes from `texts`
-    (special tokens numbered as in bert-base-uncased with bert_base_ids)."""
+    (special tokens numbered as in bert-base-uncased with bert_base_ids), padded with [unusedN] entries
+    to vocab_size tokens (BERT's 30,522, so the embeddings are the real size) when that is larger."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "vocab.txt").write_text("\n".join(wordpiece_vocabulary(texts, bert_base_ids)) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab=str(model_dir / "vocab.txt"), model_max_length=128)
+    words = wordpiece_vocabulary(texts, bert_base_ids)
+    words += [f"[unused{i}]" for i in range(len(words), vocab_size)]
+    (model_dir / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab=str(model_dir / "vocab.txt"), model_max_length=max_length)
     tokenizer.save_pretrained(model_dir)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=4 * hidden_size, max_position_embeddings=128)
+                        num_attention_heads=heads, intermediate_size=4 * hidden_size, max_position_embeddings=max_length)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(model_dir)  # safetensors by default
     return model_dir
@@ -165,3 +194,28 @@ def make_scratch_project(dest, csv_path, model_dir, params=None, use_git=True):
     subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
     subprocess.run(git + ["commit", "-q", "-m", "scratch copy of the pipeline"], cwd=dest, check=True)
     return dest
+
+
+def pipeline_stages(dvc_yaml=PROJECT_ROOT / "dvc.yaml"):
+    """The stages of dvc.yaml, (name, stage) in an order that runs each after the stages whose outputs
+    it reads, otherwise in file order, as `dvc repro` does: for running them on machines without dvc."""
+    stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
+
+    def paths(entries):
+        return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
+
+    def overlaps(a, b):
+        a, b = a.rstrip("/"), b.rstrip("/")
+        return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+    outs = {name: paths(s.get("outs")) + paths(s.get("metrics")) + paths(s.get("plots")) for name, s in stages.items()}
+    needs = {name: {other for other in stages if other != name
+                    for dep in paths(s.get("deps")) for out in outs[other] if overlaps(dep, out)}
+             for name, s in stages.items()}
+    order = []
+    while len(order) < len(stages):
+        ready = [name for name in stages if name not in order and needs[name] <= set(order)]
+        if not ready:
+            raise SystemExit(f"error: {dvc_yaml}: the stages' dependencies form a cycle")
+        order.append(ready[0])
+    return [(name, stages[name]) for name in order]

@@ -4,7 +4,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from bench.benchmark import realistic_pairs, useful_training_flops
+from bench.benchmark import useful_training_flops
+from bench.synthetic import realistic_pairs
 from tests.tiny import write_tiny_bert
 
 

@@ -4,15 +4,16 @@ from collections import Counter
 
 import yaml
 
-from bench.gpu_check import QUERIES, cord19_like_pairs, peak_tflops_for, stage_order
+from bench.gpu_check import QUERIES, RELEVANT_SHARE, peak_tflops_for
+from bench.synthetic import pipeline_stages, realistic_pairs
 from tests.tiny import PROJECT_ROOT
 
 
 def test_synthetic_pairs_are_shaped_like_the_cord19_csv():
-    pairs = cord19_like_pairs(5_000)
+    pairs = list(zip(*realistic_pairs(QUERIES, 100, RELEVANT_SHARE)))
     assert len(pairs) == 5_000 and len({(query, title) for query, title, _ in pairs}) == 5_000
     per_query = Counter(query for query, _, _ in pairs)
-    assert len(per_query) == QUERIES and max(per_query.values()) - min(per_query.values()) <= 1
+    assert len(per_query) == QUERIES and set(per_query.values()) == {100}
     lengths = [len(title.split()) for _, title, _ in pairs]
     assert min(lengths) >= 6 and max(lengths) <= 30 and 10 <= sum(lengths) / len(lengths) <= 20
     assert 0.25 <= sum(label for *_, label in pairs) / len(pairs) <= 0.35
@@ -26,7 +27,8 @@ def test_stages_run_after_the_stages_whose_outputs_they_read(tmp_path):
         "export": {"cmd": "x", "deps": ["models"], "outs": ["models/model.onnx"]},
         "lint": {"cmd": "l"},
     }}, sort_keys=False))
-    assert [name for name, _ in stage_order(dvc_yaml)] == ["export", "evaluate", "report", "lint"]
+    assert [name for name, _ in pipeline_stages(dvc_yaml)] == ["export", "evaluate", "report", "lint"]
+    assert [name for name, _ in pipeline_stages()][:3] == ["download", "split", "encode"]
 
 
 def test_peak_table_matches_whole_model_names():

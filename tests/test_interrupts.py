@@ -31,6 +31,20 @@ def wait_for(pattern, project, process, timeout=120):
         time.sleep(0.05)
 
 
+def interrupt(run, attempts=6):
+    """Ctrl-C, pressed again every 10 s while the run goes on, as a user would: once in a full suite on a
+    loaded machine a single SIGINT was lost (no KeyboardInterrupt reached the training, which went on);
+    the run's exit status."""
+    for _ in range(attempts):
+        os.killpg(run.pid, signal.SIGINT)
+        try:
+            return run.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
+    os.killpg(run.pid, signal.SIGKILL)
+    raise AssertionError(f"dvc repro still ran after {attempts} SIGINTs")
+
+
 def test_interrupted_training_leaves_a_workspace_the_next_repro_runs_cleanly(project, tmp_path):
     """Ctrl-C (SIGINT) here; the resume test below does the same after a SIGKILL."""
     set_params(project, {"train": {"learning_rate": 5e-4, "epochs": 200}})
@@ -38,8 +52,7 @@ def test_interrupted_training_leaves_a_workspace_the_next_repro_runs_cleanly(pro
     with open(tmp_path / "run.log", "w") as log:
         run = start_repro(project, log)
         wait_for("results/train/plots/metrics/loss.tsv", project, run)  # an epoch has been logged
-        os.killpg(run.pid, signal.SIGINT)
-        assert run.wait(timeout=60) != 0
+        assert interrupt(run) != 0
     assert (project / "dvc.lock").read_text() == lock_before, "an interrupted run must not be recorded"
 
     set_params(project, {"train": {"epochs": 2}})  # the rerun only has to complete
