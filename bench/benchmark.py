@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from stages.common import LABELS, load_params
+from bench.memory import cpu
 from bench.synthetic import realistic_pairs, write_tiny_bert
 
 RESULTS = Path(__file__).parent / "results"
@@ -268,7 +269,7 @@ def main():
         scratch = Path(scratch)
         queries, titles, _ = realistic_pairs(args.rows, seed=1)
         model_dir = write_tiny_bert(scratch / "bert-small", queries + titles, hidden_size=512, layers=4, heads=8)
-        report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {cpu()}, {torch.get_num_threads()} threads",
                   "device": device, "rows": args.rows, "repeats": args.repeats, "opset": args.opset, "peak_tflops": args.peak_tflops,
                   "training": bench_training(model_dir, args, scratch / "trainer"),
                   "scoring": bench_scoring(model_dir, args, scratch),
