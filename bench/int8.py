@@ -130,12 +130,15 @@ def fine_tune(model_dir, args):
     return model.eval(), tokenizer, training
 
 
-def session(path, threads):
+def session(path, threads, profile_prefix=None):
+    """An onnxruntime CPU session on `threads` intra-op threads; profiling into profile_prefix* when given."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    if profile_prefix:
+        options.enable_profiling, options.profile_file_prefix = True, str(profile_prefix)
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -278,14 +281,8 @@ def gemm_ratio(rows, inner, outer, threads, repeats):
 def gemm_share(onnx_path, batches, threads):
     """The share of onnxruntime's kernel time that the float32 model spends in MatMul/Gemm on `batches`
     (its profiler), from which the most any int8 GEMM can give follows (Amdahl)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.enable_profiling = True
     with tempfile.TemporaryDirectory() as scratch:
-        options.profile_file_prefix = str(Path(scratch) / "profile")
-        profiled = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        profiled = session(onnx_path, threads, profile_prefix=Path(scratch) / "profile")
         for batch in batches:
             profiled.run(["logits"], batch)
         events = json.loads(Path(profiled.end_profiling()).read_text())

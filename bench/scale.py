@@ -18,7 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 from bench.memory import cpu, measure
 from bench.synthetic import PROJECT_ROOT, csv_texts, make_scratch_project, pipeline_stages, write_scale_csv, write_tiny_bert
 
