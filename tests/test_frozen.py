@@ -35,7 +35,7 @@ def test_training_the_head_trains_the_models_classifier(tiny_bert):
 
 def test_frozen_base_run_keeps_the_encoder_and_saves_the_trained_head(project):
     set_params(project, {"train": {"freeze_base": True, "cache_features": True}})
-    assert stages_run(dvc("repro", cwd=project).stdout) == ["train", "export", "quantize", "evaluate", "vespa"]
+    assert stages_run(dvc("repro", "train", cwd=project).stdout) == ["train"]  # what train saves is all that is tested
     pretrained = AutoModelForSequenceClassification.from_pretrained(project / "models/pretrained", num_labels=2)
     finetuned = AutoModelForSequenceClassification.from_pretrained(project / "models/finetuned").eval()
     for (name, frozen), (_, saved) in zip(pretrained.base_model.named_parameters(), finetuned.base_model.named_parameters()):
