@@ -35,6 +35,36 @@ def git(*args, cwd):
     return run_cli(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd)
 
 
+def run_stages_in_process(project, names):
+    """Run the dvc.yaml commands (`python -m stages.NAME ARGS`) of the stages `names` in order, in
+    `project`, as stages.common.run runs them, but in this process: without a new interpreter that
+    imports torch and transformers again for each stage (about 20 s a pipeline). Returns what each
+    printed; a stage's error line fails the test as SystemExit."""
+    import contextlib
+    import importlib
+    import io
+    import shlex
+
+    import yaml
+
+    from stages.common import run
+
+    commands = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    printed = {}
+    for name in names:
+        python, flag, module, *args = shlex.split(commands[name]["cmd"])
+        assert (python, flag) == ("python", "-m"), commands[name]["cmd"]
+        out, argv = io.StringIO(), sys.argv
+        try:
+            sys.argv = [module, *args]
+            with contextlib.chdir(project), contextlib.redirect_stdout(out):
+                run(importlib.import_module(module).main)
+        finally:
+            sys.argv = argv
+        printed[name] = out.getvalue()
+    return printed
+
+
 def stages_run(repro_output):
     """Names of the stages that `dvc repro` actually ran, in order."""
     return re.findall(r"^Running stage '(\w+)'", repro_output, flags=re.MULTILINE)

@@ -4,7 +4,6 @@ and scores like PyTorch; the frozen-feature cache feeds each architecture's own 
 a never-trained pooler are reported as the train stage meets them."""
 import csv
 import json
-import shlex
 import shutil
 import sys
 
@@ -17,7 +16,7 @@ from scorer import RelevanceScorer
 from stages.common import StageError, model_inputs
 from stages.frozen import classification_head, head_inputs
 from stages.training import compute_metrics, make_trainer, one_logit_loss, pretrained_classifier, training_arguments
-from tests.conftest import dvc, run_cli, stages_run
+from tests.conftest import run_cli, run_stages_in_process
 from tests.runtimes import MATRIX, Runtime, feeds_spec, run_logits
 from tests.test_runtimes import node_client_scores
 from tests.tiny import FAST_PARAMS, PROJECT_ROOT, make_scratch_project, tiny_config
@@ -240,6 +239,9 @@ def assert_serves_like_pytorch(project, architecture):
     return metadata, scores
 
 
+THROUGH_EXPORT = ["download", "split", "encode", "train", "export"]
+
+
 @pytest.mark.parametrize("architecture, train, head_note", [
     ("roberta", {"freeze_base": False}, "train: a new 2-label head (train.num_labels: 2)"),
     ("cross-encoder", {"freeze_base": True, "num_labels": 1},
@@ -248,10 +250,10 @@ def assert_serves_like_pytorch(project, architecture):
 def test_pipeline_takes_the_encoder_from_csv_to_a_ranking_model(tiny_model, pairs_csv, tmp_path, architecture, train,
                                                                  head_note):
     params = {**FAST_PARAMS, "train": {**FAST_PARAMS["train"], "epochs": 1, **train}}
-    project = make_scratch_project(tmp_path / "project", pairs_csv, tiny_model(architecture), params=params)
-    result = dvc("repro", "export", cwd=project)
-    assert stages_run(result.stdout) == ["download", "split", "encode", "train", "export"]
-    assert head_note in result.stdout.splitlines()
+    project = make_scratch_project(tmp_path / "project", pairs_csv, tiny_model(architecture), params=params,
+                                   use_git=False)
+    printed = run_stages_in_process(project, THROUGH_EXPORT)
+    assert head_note in printed["train"].splitlines()
     metadata, scores = assert_serves_like_pytorch(project, architecture)
     assert metadata["probability"] == ("sigmoid" if train.get("num_labels") == 1 else "softmax")
 
@@ -272,17 +274,15 @@ def test_pipeline_takes_the_encoder_from_csv_to_a_ranking_model(tiny_model, pair
 
 @pytest.mark.parametrize("architecture", ["deberta-v3", "modernbert"])
 def test_stages_take_the_encoder_to_a_model_onnx_scoring_like_pytorch(tiny_model, pairs_csv, tmp_path, architecture):
-    """Each stage's command from dvc.yaml, run in order without dvc, with a frozen base and cached features."""
+    """With a frozen base and cached features."""
     params = {**FAST_PARAMS, "train": {**FAST_PARAMS["train"], "epochs": 1, "freeze_base": True}}
     project = make_scratch_project(tmp_path / "project", pairs_csv, tiny_model(architecture), params=params,
                                    use_git=False)
-    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    outputs = {name: run_cli(shlex.split(stages[name]["cmd"]), cwd=project)
-               for name in ("download", "split", "encode", "train", "export")}
+    printed = run_stages_in_process(project, THROUGH_EXPORT)
     # DeBERTa-v3 ships a SentencePiece model and pickled weights: download keeps neither.
     assert sorted(path.name for path in (project / "models/pretrained").glob("*.*")) == [
         "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-    assert "no cached-feature recipe" not in outputs["train"].stdout
+    assert "no cached-feature recipe" not in printed["train"]
     assert_serves_like_pytorch(project, architecture)
     assert_oldest_python_runtime_agrees(project, tmp_path)
 
