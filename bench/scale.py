@@ -12,16 +12,15 @@ to bench/results/scale.md and scale.json.
     python -m bench.scale --rows 40000 400000 --name scale-40k-400k   # other sizes, into bench/results/NAME.md
 """
 import argparse
-import json
 import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.memory import cpu, measure
-from bench.synthetic import PROJECT_ROOT, csv_texts, make_scratch_project, pipeline_stages, write_scale_csv, write_tiny_bert
+from bench.report import save, table
+from bench.synthetic import csv_texts, make_scratch_project, pipeline_stages, write_scale_csv, write_tiny_bert
 
-RESULTS = PROJECT_ROOT / "bench/results"
 PARAMS = {"train": {"epochs": 1, "batch_size": 256, "eval_batch_size": 256, "warmup_steps": 0}}
 VOCABULARY_ROWS = 5_000  # the tiny BERT's vocabulary comes from the first rows: every word, every digit
 
@@ -56,24 +55,18 @@ def bytes_per_row(results, sizes):
     return growth
 
 
-def write_report(results, growth, sizes, machine, results_name):
+def markdown(results, growth, sizes, machine):
     names = list(results[sizes[0]])
-    lines = [f"# Stage time and memory against rows ({machine})", "",
-             "`python -m bench.scale`: each stage's dvc.yaml command on a synthetic CSV of realistic pairs "
-             "(50 titles a query), a tiny BERT (hidden size 32), shipped params with train at 1 epoch, batch 256. "
-             "Peak anonymous memory is RssAnon summed over the stage's process tree.", "",
-             "| stage | " + " | ".join(f"{rows:,} rows: s / anon MiB / RSS MiB" for rows in sizes) + " |",
-             "|---|" + "---|" * len(sizes)]
-    for name in names:
-        cells = [f"{r['seconds']} / {r['peak_anon_mib']} / {r['peak_rss_mib']}" for r in (results[s][name] for s in sizes)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Peak anonymous memory added per added row (bytes):", "",
-              "| stage | " + " | ".join(f"{span} rows" for span in growth) + " |", "|---|" + "---|" * len(growth)]
-    for name in names:
-        lines.append(f"| {name} | " + " | ".join(str(g[name]) for g in growth.values()) + " |")
-    (RESULTS / f"{results_name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{results_name}.json").write_text(json.dumps({"machine": machine, "results": results, "bytes_per_row": growth},
-                                                     indent=2) + "\n")
+    return "\n".join([
+        f"# Stage time and memory against rows ({machine})", "",
+        "`python -m bench.scale`: each stage's dvc.yaml command on a synthetic CSV of realistic pairs "
+        "(50 titles a query), a tiny BERT (hidden size 32), shipped params with train at 1 epoch, batch 256. "
+        "Peak anonymous memory is RssAnon summed over the stage's process tree.", "",
+        *table(("stage", *(f"{rows:,} rows: s / anon MiB / RSS MiB" for rows in sizes)),
+               [(name, *(f"{r['seconds']} / {r['peak_anon_mib']} / {r['peak_rss_mib']}" for r in (results[s][name] for s in sizes)))
+                for name in names]),
+        "", "Peak anonymous memory added per added row (bytes):", "",
+        *table(("stage", *(f"{span} rows" for span in growth)), [(name, *(g[name] for g in growth.values())) for name in names])])
 
 
 def main():
@@ -88,8 +81,10 @@ def main():
         scratch.mkdir(parents=True, exist_ok=True)
         results = {rows: run_size(rows, scratch) for rows in sizes}
     growth = bytes_per_row(results, sizes)
-    write_report(results, growth, sizes, cpu(), args.name)
-    print((RESULTS / f"{args.name}.md").read_text())
+    machine = cpu()
+    report = markdown(results, growth, sizes, machine)
+    save({"machine": machine, "results": results, "bytes_per_row": growth}, report, args.name)
+    print(report)
 
 
 if __name__ == "__main__":
