@@ -83,7 +83,11 @@ def main():
             model.save_pretrained(model_dir)  # with the head trained in place when features were cached
             tokenizer.save_pretrained(model_dir)
         empty_checkpoints(args.checkpoints)  # the run completed: nothing to resume
-    trainer.accelerator.end_training()  # under torchrun, leave the process group before exiting
+    # Under torchrun: every rank past its last collective before the process group goes. Without it, a
+    # rank that finishes first can hang for good in gloo's teardown (its thread freeing the Trainer's
+    # last all_gather waits for the GIL that the teardown holds; pytorch/pytorch#56297).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
