@@ -451,7 +451,8 @@ def markdown(record):
 
 
 def write_record(record, out_dir):
-    return save(record, markdown(record), f"gpu-check-{'dry-run-' if record['dry_run'] else ''}{record['date']}", out_dir)
+    name = f"gpu-check-{'dry-run-' if record['dry_run'] else ''}{record['date']}"
+    return save(record, markdown(record), name, out_dir, default=str)  # paths and exceptions as text
 
 
 def flatten(data, prefix=""):

@@ -12,11 +12,11 @@ def table(header, rows):
             *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
 
 
-def save(record, markdown, name, folder=RESULTS):
+def save(record, markdown, name, folder=RESULTS, default=None):
     """Write `name`.json (the record) and `name`.md (its markdown) into `folder`; returns the
-    markdown file's path."""
+    markdown file's path. `default`: json.dumps's, for records that hold more than JSON's types."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=default) + "\n")
     (folder / f"{name}.md").write_text(markdown + "\n")
     return folder / f"{name}.md"

@@ -59,6 +59,9 @@ def run_stages_in_process(project, names):
             sys.argv = [module, *args]
             with contextlib.chdir(project), contextlib.redirect_stdout(out):
                 run(importlib.import_module(module).main)
+        except BaseException:
+            print(out.getvalue())  # what the stage printed before it failed, into the test's report
+            raise
         finally:
             sys.argv = argv
         printed[name] = out.getvalue()

@@ -73,4 +73,5 @@ def test_resumed_training_ends_where_an_uninterrupted_run_does(project, reproduc
     # Same params and seed as the uninterrupted reference run (resume only adds checkpoints): the same model.
     model = "models/finetuned/model.safetensors"
     assert (project / model).read_bytes() == (reproduced_project / model).read_bytes()
+    assert stages_run(dvc("repro", cwd=project).stdout) == [], "the same model: nothing after train reruns"
     assert not list((project / "models/checkpoints").iterdir()), "a completed run leaves nothing to resume"

@@ -44,9 +44,10 @@ def stages_after(changed, project):
     ("quantize", "per_channel", False, ["quantize", "evaluate", "vespa"]),
     ("split", "seed", 7, STAGES[1:]),
 ])
-def test_param_change_reruns_only_the_stages_after_it(project, section, key, value, expected):
-    """`dvc status` names the stages that read the param; the DAG gives what a rerun of them reaches.
-    (That `dvc repro` reruns exactly those is DVC's business; the test below runs one to the end.)"""
+def test_param_change_invalidates_only_the_stages_after_it(project, section, key, value, expected):
+    """`dvc status` names the stages that declare the param; the DAG gives what a rerun of them
+    reaches. (That `dvc repro` reruns those whose inputs then changed is DVC's business; the test
+    below runs one change to the end, and test_interrupts sees an identical retrain rerun nothing.)"""
     set_params(project, {section: {key: value}})
     changed = json.loads(dvc("status", "--json", cwd=project).stdout)
     assert all(report == [{"changed deps": {"params.yaml": {f"{section}.{key}": "modified"}}}]
