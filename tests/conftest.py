@@ -35,6 +35,14 @@ def git(*args, cwd):
     return run_cli(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd)
 
 
+def locked_md5(project, stage, path):
+    """The md5 that dvc.lock records for `stage`'s output `path`."""
+    import yaml
+
+    outs = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]["outs"]
+    return next(out["md5"] for out in outs if out["path"] == path)
+
+
 def run_stages_in_process(project, names):
     """Run the dvc.yaml commands (`python -m stages.NAME ARGS`) of the stages `names` in order, in
     `project`, as stages.common.run runs them, but in this process: without a new interpreter that

@@ -5,12 +5,11 @@ import re
 
 import pytest
 import torch
-import yaml
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
 from stages.frozen import classification_head, head_inputs
-from tests.conftest import dvc, stages_run
+from tests.conftest import dvc, locked_md5, stages_run
 from tests.tiny import set_params
 
 
@@ -38,11 +37,6 @@ def test_training_the_head_trains_the_models_classifier(tiny_bert):
     assert not torch.equal(model.classifier.weight, before)
 
 
-def finetuned_md5(project):
-    outs = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]["outs"]
-    return next(out["md5"] for out in outs if out["path"] == "models/finetuned")
-
-
 def training_log(project):
     return {str(path.relative_to(project)): path.read_bytes() for path in (project / "results/train").rglob("*") if path.is_file()}
 
@@ -61,9 +55,9 @@ def test_frozen_base_run_keeps_the_encoder_saves_the_trained_head_and_retrains_t
 
     if torch.cuda.is_available():
         pytest.skip("the same model to the byte holds on CPU only: GPU kernels are not bit-reproducible")
-    model, log = finetuned_md5(project), training_log(project)
+    model, log = locked_md5(project, "train", "models/finetuned"), training_log(project)
     dvc("repro", "--force", "--single-item", "train", cwd=project)
-    assert finetuned_md5(project) == model, "same params and seed: the same model"
+    assert locked_md5(project, "train", "models/finetuned") == model, "same params and seed: the same model"
     # Only the training log differs: it records wall-clock runtimes and throughput.
     retrained = training_log(project)
     changed = [path for path in sorted(set(log) | set(retrained)) if log.get(path) != retrained.get(path)]

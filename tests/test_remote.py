@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_once, dvc, git, run_cli
+from tests.conftest import build_once, dvc, git, locked_md5, run_cli
 from tests.tiny import set_params
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -96,13 +96,6 @@ def copy_if_missing(source, destination):
         shutil.copy2(source, destination)
 
 
-def model_md5(project):
-    import yaml
-
-    outs = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["export"]["outs"]
-    return next(out["md5"] for out in outs if out["path"] == MODEL)
-
-
 def fresh_clone(project, dest):
     run_cli(["git", "clone", "-q", str(project), str(dest)], cwd=project.parent)
     return dest
@@ -117,7 +110,7 @@ def test_tagged_models_are_pushed_pulled_and_fetched_by_tag(project, remote, v2_
     dvc("push", cwd=project, **env)
     git("tag", "v1", cwd=project)
     git("tag", "-a", "relevance-model@v1.0.0", "-m", "relevance-model v1.0.0", cwd=project)
-    v1_model, v1_md5 = (project / MODEL).read_bytes(), model_md5(project)
+    v1_model, v1_md5 = (project / MODEL).read_bytes(), locked_md5(project, "export", MODEL)
 
     set_params(project, V2_PARAMS)
     assert "Stage 'export' is cached - skipping run" in dvc("repro", cwd=project).stdout
