@@ -8,25 +8,18 @@ in it. Peak RSS (VmRSS summed) is reported beside it.
     python -m bench.memory -- python -m stages.split data/raw/pairs.csv data/split results/split/metrics.json
 """
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from stages.common import cpu_description
+
 
 def cpu():
-    """'model name, N cores, ISA': the widest int8-relevant instruction set (VNNI makes int8 GEMMs up
-    to 4x fp32's; on AVX2 alone they are no faster)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    isa = next((name for flag, name in [("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"),
-                                        ("avx2", "AVX2")] if flag in flags), "older than AVX2")
-    return f"{model}, {os.cpu_count()} cores, {isa}"
+    """'model name, N cores, ISA' (stages.common.cpu_description)."""
+    machine = cpu_description()
+    return f"{machine['cpu']}, {machine['cores']} cores, {machine['isa']}"
 
 
 def status_kib(pid, field):

@@ -31,8 +31,6 @@ class RelevanceScorer:
         self.tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
         self.session = onnxruntime.InferenceSession(str(onnx_path), providers=list(providers))
         self.inputs = self.metadata["inputs"]
-        self.relevant = self.metadata["labels"].index("relevant")
-        self.sigmoid = self.metadata.get("probability", "softmax") == "sigmoid"  # older files: softmax
 
     def encode(self, queries, titles):
         encodings = self.tokenizer.encode_batch(list(zip(queries, titles)))
@@ -51,7 +49,14 @@ class RelevanceScorer:
         for start in range(0, len(by_length), batch_size):
             rows = by_length[start:start + batch_size]
             logits[rows] = self.logits([queries[i] for i in rows], [titles[i] for i in rows])
-        if self.sigmoid:
-            return 1 / (1 + np.exp(-logits[:, self.relevant]))
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted[:, self.relevant] / shifted.sum(axis=1)
+        return relevance_probability(logits, self.metadata)
+
+
+def relevance_probability(logits, metadata):
+    """P(relevant) from a batch of logits, as metadata.json says: the sigmoid of a one-logit model,
+    else the softmax over the labels."""
+    relevant = metadata["labels"].index("relevant")
+    if metadata.get("probability", "softmax") == "sigmoid":  # older files: softmax
+        return 1 / (1 + np.exp(-logits[:, relevant]))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted[:, relevant] / shifted.sum(axis=1)

@@ -87,6 +87,23 @@ def read_all_pairs(path):
     return pd.concat(read_pairs(path)).reset_index(drop=True)
 
 
+def sample_queries(path, pairs, param):
+    """The pairs of a query,title,label CSV sampled by whole queries, each query kept when the hash
+    of its text falls below pairs / all pairs: about `pairs` pairs however many there are, the same
+    for the same file; all of them when there are fewer. `param` names the setting in errors."""
+    import pandas as pd
+
+    total = sum(len(chunk) for chunk in read_pairs(path))
+    if total <= pairs:
+        return pd.concat(read_pairs(path))
+    cutoff = pairs / total * 2.0**64
+    kept = pd.concat([chunk[pd.util.hash_pandas_object(chunk["query"], index=False).to_numpy() < cutoff]
+                      for chunk in read_pairs(path)])
+    if kept.empty:
+        raise StageError(f"{param}={pairs}: no query of {path} was sampled; raise it")
+    return kept
+
+
 def csv_header(path):
     import csv
 
@@ -145,6 +162,23 @@ def atomic_path(path):
     """atomic_paths for one path."""
     with atomic_paths(path) as (stand_in,):
         yield stand_in
+
+
+def cpu_description():
+    """This machine's CPU model, core count and widest int8-relevant instruction set, recorded beside
+    every speed figure (VNNI makes int8 GEMMs up to 4x fp32's; on AVX2 alone they are no faster)."""
+    import os
+    import platform
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    isa = next((name for flag, name in [("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"),
+                                        ("avx2", "AVX2")] if flag in flags), "older than AVX2")
+    return {"cpu": model, "cores": os.cpu_count(), "isa": isa}
 
 
 def write_json(path, data):

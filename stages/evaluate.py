@@ -8,13 +8,12 @@ k-th), the metrics from all of them.
 """
 import argparse
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from stages.common import load_params, read_pairs, run, write_json
-from stages.metrics import THRESHOLD, TfidfBaseline, model_scorers, model_scores, relevance_metrics, runtime
+from stages.metrics import THRESHOLD, TfidfBaseline, metrics_by_scorer, model_scorers, model_scores, runtime
 
 ONE_CLASS_NOTE = "undefined: the validation pairs hold one class"
 
@@ -58,12 +57,7 @@ def write_evaluation(queries, labels, scores, eval_dir, plot_pairs, runtime_info
             for plot, (x, y) in {"roc": ("fpr", "tpr"), "precision_recall": ("recall", "precision")}.items():
                 write_json(Path(live.plots_dir) / "sklearn" / f"{plot}.json", {plot: [{x: 0.0, y: 0.0, "note": ONE_CLASS_NOTE}]})
         live.log_sklearn_plot("confusion_matrix", plotted_labels, (plotted >= THRESHOLD).astype(int))
-        with warnings.catch_warnings(record=True) as undefined:
-            warnings.simplefilter("always")
-            summary = {name: relevance_metrics(queries, labels, values, threshold=None if name == "tfidf" else THRESHOLD)
-                       for name, values in scores.items()}
-        for warning in {str(w.message) for w in undefined}:
-            print(f"evaluate: warning: {warning}")
+        summary = metrics_by_scorer(queries, labels, scores, "evaluate")
         live.summary = {**summary, "pairs": len(labels), "queries": int(len(np.unique(queries))),
                         "plotted_pairs": len(plotted_labels),
                         **({"runtime": runtime_info} if runtime_info else {})}

@@ -99,6 +99,18 @@ def ranking_metrics(queries, labels, scores):
     return result
 
 
+def metrics_by_scorer(queries, labels, scores, stage):
+    """relevance_metrics of each scorer's scores by name (the TF-IDF baseline's, a similarity,
+    without a threshold), printing each warning about undefined metrics once as `<stage>: warning:`."""
+    with warnings.catch_warnings(record=True) as undefined:
+        warnings.simplefilter("always")
+        summary = {name: relevance_metrics(queries, labels, values, threshold=None if name == "tfidf" else THRESHOLD)
+                   for name, values in scores.items()}
+    for warning in dict.fromkeys(str(w.message) for w in undefined):
+        print(f"{stage}: warning: {warning}")
+    return summary
+
+
 def relevance_metrics(queries, labels, scores, threshold=THRESHOLD):
     """Classification and ranking metrics for one scorer, with a warning naming the undefined ones."""
     metrics = {**classification_metrics(labels, scores, threshold), **ranking_metrics(queries, labels, scores)}

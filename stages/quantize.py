@@ -8,7 +8,7 @@ model.onnx down with it.
 import argparse
 from pathlib import Path
 
-from stages.common import StageError, atomic_path, load_params, read_pairs, run, write_json
+from stages.common import StageError, atomic_path, load_params, run, sample_queries, write_json
 
 
 def quantize(onnx_path, int8_path, params):
@@ -38,23 +38,6 @@ def quantize(onnx_path, int8_path, params):
         quantized = onnx.load(int8_path)
         per_token_activations(quantized.graph, opset_of(quantized))
         onnx.save(quantized, int8_path)
-
-
-def check_sample(val_csv, check_pairs):
-    """The validation pairs of the check: whole queries, each kept when the hash of its text falls
-    below check_pairs / all pairs, so about quantize.check_pairs pairs however many there are; the
-    same for the same file. All of them when there are fewer."""
-    import pandas as pd
-
-    total = sum(len(chunk) for chunk in read_pairs(val_csv))
-    if total <= check_pairs:
-        return pd.concat(read_pairs(val_csv))
-    cutoff = check_pairs / total * 2.0**64
-    kept = pd.concat([chunk[pd.util.hash_pandas_object(chunk["query"], index=False).to_numpy() < cutoff]
-                      for chunk in read_pairs(val_csv)])
-    if kept.empty:
-        raise StageError(f"quantize.check_pairs={check_pairs}: no query of {val_csv} was sampled; raise it")
-    return kept
 
 
 def compare(onnx_path, int8_path, val_pairs):
@@ -109,7 +92,7 @@ def main():
 
     with atomic_path(args.int8_path) as int8_path:
         quantize(args.onnx_path, int8_path, params)
-        check = compare(args.onnx_path, int8_path, check_sample(args.val_csv, params["check_pairs"]))
+        check = compare(args.onnx_path, int8_path, sample_queries(args.val_csv, params["check_pairs"], "quantize.check_pairs"))
         failure = check_failure(check, params)
         if failure:
             raise StageError(f"{args.int8_path}: {failure}; model.onnx is unaffected")

@@ -1,56 +1,33 @@
 """vespa: write a Vespa application package that serves the model the way the CORD-19 search app
-runs it: titles retrieved by BM25, the top vespa.rerank_count hits reranked by the exported model in
-the global phase. Deploy it as it is (`vespa deploy models/vespa`); README "Serving in Vespa".
+runs it: titles retrieved by BM25, the top vespa.rerank_count hits reranked by the model in the
+global phase; and measure, before anyone deploys, what a reranked hit costs and how the package
+ranks the validation pairs. Deploy it as it is (`vespa deploy models/vespa`); docs/vespa.md.
 
 The title's tokens are a tensor attribute filled by `embed tokenizer` (the hugging-face-tokenizer
 component on the shipped tokenizer.json), the query's come from `embed(tokenizer, @query)`, and the
-model's inputs are built from both by Vespa's token features (tokenInputIds or customTokenInputIds,
-tokenTypeIds, tokenAttentionMask; see token_features below), L = encode.max_length tokens long.
-A model whose tokenizer joins a pair otherwise (RoBERTa's double separator) gets a one-line reason,
-NOT_SERVABLE.txt, instead of a package.
+model's inputs are built from both by Vespa's token features at L tokens (stages/vespa_hits.py).
+L is vespa.max_length, or with `auto` the shortest multiple of 8 that holds vespa.length_coverage
+of the training and validation pairs. A model whose tokenizer joins a pair otherwise (RoBERTa's
+double separator) gets a one-line reason, NOT_SERVABLE.txt, instead of a package.
+
+results/vespa/metrics.json: milliseconds per hit (median, p99) and CPU milliseconds per query of
+each ONNX file at L, batch 1, as Vespa runs them on this machine; and the ranking metrics of each
+on the inputs Vespa builds, one hit at a time, beside the scorer's float32 ones (evaluate's) on the
+same pairs.
 """
 import argparse
 import json
 import shutil
 from pathlib import Path
 
-from stages.common import StageError, atomic_path, load_params, read_pairs, run
+import numpy as np
 
-MODEL_FILES = ("model.onnx", "model.int8.onnx")
+from stages.common import StageError, atomic_paths, cpu_description, load_params, run, sample_queries, write_json
+
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 # Vespa's tokenInputIds hard-codes these: [CLS] and [SEP] of the bert-base-uncased vocabulary.
 VESPA_CLS, VESPA_SEP = 101, 102
 QUERY, TITLE = "query(q_tokens)", "attribute(title_tokens)"
-
-
-def vespa_tokenizer(tokenizer_path):
-    """tokenizer.json as Vespa's hugging-face-tokenizer component uses it, whatever the file says:
-    no truncation, no padding, no special tokens (config-model's HuggingFaceTokenizer.java)."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
-
-
-def embed(tokenizer, texts, length):
-    """What `embed tokenizer` puts in a tensor<float>(d0[length]): the text's ids, cut or zero-padded."""
-    return [(encoding.ids + [0] * length)[:length] for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
-
-
-def token_features(query_tensor, title_tensor, length, cls, sep):
-    """input_ids, token_type_ids and attention_mask of one hit, computed as Vespa computes
-    customTokenInputIds(cls, sep, length, q, t) (tokenInputIds: cls 101, sep 102), tokenTypeIds and
-    tokenAttentionMask(length, q, t): vespa-engine/vespa, config-model/src/main/java/com/yahoo/schema/
-    expressiontransforms/TokenTransformer.java. An argument's length is its count of non-zero ids
-    (`sum(map(input, f(x)(x > 0)))`), its tokens the first that many of its tensor; the sequence
-    CLS q SEP t SEP is cut at `length`, final SEP included, and zero-padded."""
-    query_length, title_length = (sum(1 for token in tensor if token > 0) for tensor in (query_tensor, title_tensor))
-    sequence = [cls, *query_tensor[:query_length], sep, *title_tensor[:title_length], sep]
-    query_part, total = 1 + query_length + 1, len(sequence)
-    return {"input_ids": (sequence + [0] * length)[:length],
-            "token_type_ids": [0 if d1 < query_part else 1 if d1 < total else 0 for d1 in range(length)],
-            "attention_mask": [1 if d1 < total else 0 for d1 in range(length)]}
 
 
 def separators(tokenizer, inputs):
@@ -92,7 +69,7 @@ def rank_profile(metadata, length, cls, sep, rerank_count):
                        summary_features=["firstPhase"])
 
 
-def write_package(models_dir, package_dir, model_file, length, rerank_count, cls, sep):
+def write_package(models_dir, package_dir, model_file, length, params, cls, sep):
     from vespa.package import (ApplicationPackage, Component, Document, Field, FieldSet, OnnxModel, Parameter,
                                Schema)
 
@@ -104,58 +81,126 @@ def write_package(models_dir, package_dir, model_file, length, rerank_count, cls
     schema.add_field_set(FieldSet(name="default", fields=["title"]))
     schema.add_model(OnnxModel(model_name="relevance", model_file_path=str(models_dir / model_file),
                                inputs={name: name for name in metadata["inputs"]}, outputs={"logits": "logits"}))
-    schema.add_rank_profile(rank_profile(metadata, length, cls, sep, rerank_count))
+    schema.add_rank_profile(rank_profile(metadata, length, cls, sep, params["rerank_count"]))
     tokenizer = Component(id="tokenizer", type="hugging-face-tokenizer",
                           parameters=[Parameter("model", {"path": "models/tokenizer.json"})])
     ApplicationPackage(name="relevance", schema=[schema], components=[tokenizer]).to_files(package_dir)
     (package_dir / "models").mkdir(exist_ok=True)
     shutil.copyfile(models_dir / "tokenizer.json", package_dir / "models/tokenizer.json")
+    # pyvespa's OnnxModel has no field for the onnx-model's session settings: unset, Vespa's own defaults.
+    settings = {"intraop-threads": params["intraop_threads"], "gpu-device": params["gpu_device"]}
+    lines = "".join(f"        {name}: {value}\n" for name, value in settings.items() if value is not None)
+    schema_file = package_dir / "schemas/doc.sd"
+    text = schema_file.read_text(encoding="utf-8")
+    schema_file.write_text(text.replace("        output logits: logits\n", "        output logits: logits\n" + lines, 1),
+                           encoding="utf-8")
 
 
-def longer_than(tokenizer, val_csv, length, batch=1000):
-    """(validation pairs whose CLS query SEP title SEP is longer than `length` tokens, all pairs),
-    `batch` pairs tokenized at a time: each tokenizers Encoding weighs a kilobyte or more."""
-    longer = total = 0
-    for chunk in read_pairs(val_csv):
-        for start in range(0, len(chunk), batch):
-            rows = chunk.iloc[start:start + batch]
-            queries, titles = (tokenizer.encode_batch(rows[c].tolist(), add_special_tokens=False) for c in ("query", "title"))
-            longer += sum(3 + len(query.ids) + len(title.ids) > length for query, title in zip(queries, titles))
-        total += len(chunk)
-    return longer, total
+def check_params(params, max_length):
+    if params["model"] not in MODEL_FILES.values():
+        raise StageError(f"vespa.model={params['model']}: expected one of {', '.join(MODEL_FILES.values())}")
+    for name in ("rerank_count", "timed_hits", "eval_pairs"):
+        if not isinstance(params[name], int) or params[name] < 1:
+            raise StageError(f"vespa.{name}={params[name]}: expected a positive integer")
+    for name in ("intraop_threads", "gpu_device"):
+        if params[name] is not None and (not isinstance(params[name], int) or params[name] < (name == "intraop_threads")):
+            raise StageError(f"vespa.{name}={params[name]}: expected null (Vespa's default) or "
+                             f"{'a positive' if name == 'intraop_threads' else 'a GPU number, 0 or more, as an'} integer")
+    if params["max_length"] != "auto" and not (isinstance(params["max_length"], int) and 3 <= params["max_length"] <= max_length):
+        raise StageError(f"vespa.max_length={params['max_length']}: expected auto or an integer from 3 to "
+                         f"encode.max_length={max_length}")
+    if not (isinstance(params["length_coverage"], (int, float)) and 0 < params["length_coverage"] <= 1):
+        raise StageError(f"vespa.length_coverage={params['length_coverage']}: expected a share above 0 and at most 1")
+
+
+def measure(models_dir, val_pairs, tokenizer, length, cls_sep, params):
+    """Each ONNX file's cost per hit and ranking metrics at L, one hit at a time on Vespa's inputs,
+    beside the float32 scorer's metrics (what evaluate runs) on the same pairs."""
+    import pandas as pd
+
+    from scorer import RelevanceScorer, relevance_probability
+    from stages.metrics import metrics_by_scorer
+    from stages.vespa_hits import cost, hit_feeds, hit_session, score_hits
+
+    metadata = json.loads((models_dir / "metadata.json").read_text(encoding="utf-8"))
+    queries, titles = val_pairs["query"].tolist(), val_pairs["title"].tolist()
+    feeds = hit_feeds(tokenizer, queries, titles, length, *cls_sep, metadata["inputs"])
+    threads = params["intraop_threads"] or 1
+    costs, scores = {}, {}
+    for name, model_file in MODEL_FILES.items():
+        logits, milliseconds = score_hits(hit_session(models_dir / model_file, threads), feeds, metadata["output"],
+                                          params["timed_hits"])
+        costs[name], scores[name] = cost(milliseconds, threads, params["rerank_count"]), relevance_probability(logits, metadata)
+    scores["evaluate_fp32"] = RelevanceScorer(models_dir / MODEL_FILES["fp32"]).scores(queries, titles)
+    query_ids = pd.util.hash_pandas_object(val_pairs["query"], index=False).to_numpy()
+    ranking = metrics_by_scorer(query_ids, val_pairs["label"].to_numpy(), scores, "vespa")
+    return {name: {**costs.get(name, {}), **ranking[name]} for name in scores}, threads
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("models_dir", type=Path, help="the ONNX file vespa.model names, tokenizer.json, metadata.json (models)")
-    parser.add_argument("val_csv", type=Path, help="validation pairs, to count those longer than L (data/split/val.csv)")
+    parser.add_argument("models_dir", type=Path, help="both ONNX files, tokenizer.json, metadata.json (models)")
+    parser.add_argument("split_dir", type=Path, help="train.csv and val.csv: L from their lengths; val.csv ranked (data/split)")
     parser.add_argument("package_dir", type=Path, help="output: the application package (models/vespa)")
+    parser.add_argument("metrics_path", type=Path, help="output: cost per hit and ranking (results/vespa/metrics.json)")
     args = parser.parse_args()
-    params, length = load_params("vespa"), load_params("encode")["max_length"]
-    if params["model"] not in MODEL_FILES:
-        raise StageError(f"vespa.model={params['model']}: expected one of {', '.join(MODEL_FILES)}")
-    if not isinstance(params["rerank_count"], int) or params["rerank_count"] < 1:
-        raise StageError(f"vespa.rerank_count={params['rerank_count']}: expected a positive integer")
+    params, max_length = load_params("vespa"), load_params("encode")["max_length"]
+    check_params(params, max_length)
+
+    from stages.vespa_hits import covering_length, length_counts, vespa_tokenizer
 
     models_dir, model_file = args.models_dir, params["model"]
     metadata = json.loads((models_dir / "metadata.json").read_text(encoding="utf-8"))
     tokenizer = vespa_tokenizer(models_dir / "tokenizer.json")
     cls_sep, reason = separators(tokenizer, metadata["inputs"])
-    with atomic_path(args.package_dir) as package_dir:
+    with atomic_paths(args.package_dir, args.metrics_path) as (package_dir, metrics_path):
         if reason:
             package_dir.mkdir()
             (package_dir / "NOT_SERVABLE.txt").write_text(f"Not servable in Vespa: {reason}.\n", encoding="utf-8")
+            write_json(metrics_path, {"servable": False, "reason": reason})
             print(f"vespa: warning: no package for this model: {reason}")
             return
-        write_package(models_dir, package_dir, model_file, length, params["rerank_count"], *cls_sep)
-    longer, total = longer_than(tokenizer, args.val_csv, length)
+        counts = {split: length_counts(tokenizer, args.split_dir / f"{split}.csv", max_length) for split in ("train", "val")}
+        both = counts["train"] + counts["val"]
+        length = (covering_length(both, params["length_coverage"], max_length) if params["max_length"] == "auto"
+                  else params["max_length"])
+        held, val_cut = both[:length + 1].sum() / both.sum(), int(counts["val"][length + 1:].sum())
+        write_package(models_dir, package_dir, model_file, length, params, *cls_sep)
+        val_pairs = sample_queries(args.split_dir / "val.csv", params["eval_pairs"], "vespa.eval_pairs")
+        files, threads = measure(models_dir, val_pairs, tokenizer, length, cls_sep, params)
+        served = next(name for name, file in MODEL_FILES.items() if file == model_file)
+        write_json(metrics_path, {
+            "servable": True, "max_length": length, "pairs_within_max_length": float(held), "val_pairs_cut": val_cut,
+            "served": served, **files, "rerank_count": params["rerank_count"], "pairs": len(val_pairs),
+            "queries": int(val_pairs["query"].nunique()),
+            "machine": {**cpu_description(), "intraop_threads": threads, "onnxruntime": _onnxruntime_version()}})
+
     features = "tokenInputIds" if cls_sep == (VESPA_CLS, VESPA_SEP) else "customTokenInputIds"
-    print(f"vespa: {args.package_dir}: BM25, then {model_file} on the top {params['rerank_count']} hits; "
-          f"inputs built by {features} (CLS {cls_sep[0]}, SEP {cls_sep[1]}), {length} tokens")
-    if longer:
-        print(f"vespa: {longer} of {total} validation pairs are longer than {length} tokens: Vespa cuts them at "
-              f"{length}, final SEP included, where the scorer shortens the longer text and keeps both SEPs, so their "
-              f"scores in Vespa differ from evaluate's")
+    rule = (f"the shortest multiple of 8 holding vespa.length_coverage={params['length_coverage']}"
+            if params["max_length"] == "auto" else "vespa.max_length")
+    print(f"vespa: {args.package_dir}: BM25, then {model_file} on the top {params['rerank_count']} hits; inputs built "
+          f"by {features} (CLS {cls_sep[0]}, SEP {cls_sep[1]}) at L = {length} tokens ({rule}), which holds "
+          f"{held:.1%} of the training and validation pairs; Vespa cuts {val_cut} of {int(counts['val'].sum())} "
+          f"validation pairs")
+    if val_cut:
+        print(f"vespa: a pair longer than L is cut at L, final SEP included, where the scorer shortens the longer text "
+              f"and keeps both SEPs, so those pairs score differently in Vespa than in evaluate")
+    for name, file in MODEL_FILES.items():
+        print(f"vespa: {file}{' (served)' if name == served else ''}: {files[name]['ms_per_hit']:.2f} ms per hit "
+              f"(p99 {files[name]['ms_per_hit_p99']:.2f}), {files[name]['cpu_ms_per_query']:.0f} ms of CPU per query, "
+              f"nDCG@10 {_text(files[name]['ndcg@10'])} on Vespa's inputs")
+    print(f"vespa: the scorer's float32 nDCG@10 on the same {len(val_pairs)} pairs: {_text(files['evaluate_fp32']['ndcg@10'])}; "
+          f"timed at batch 1, {threads} intra-op thread(s), on {cpu_description()['cpu']} ({cpu_description()['isa']})")
+
+
+def _onnxruntime_version():
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _text(value):
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":
