@@ -138,12 +138,20 @@ def reproduced_project(shared_dir, pairs_csv, tiny_bert):
     return build_once(shared_dir, "reproduced", reproduce)
 
 
+def copy_project(source, dest):
+    """A copy of a project folder (git history, dvc cache and outputs), without Python's bytecode
+    caches: any interpreter that imports stages/ or scorer/ from the shared reproduced project may
+    be writing a __pycache__ file there (a temporary file renamed into place) while another worker
+    copies it, and a copy must not fail on a file that vanished under it. Nothing tracked lives in
+    __pycache__ (.gitignore), so the copy misses nothing git or DVC knows of."""
+    shutil.copytree(source, dest, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
 @pytest.fixture
 def project(reproduced_project, tmp_path):
     """A private copy of the reproduced project (git history, dvc cache and outputs) to change."""
-    copy = tmp_path / "project"
-    shutil.copytree(reproduced_project, copy, symlinks=True)
-    return copy
+    return copy_project(reproduced_project, tmp_path / "project")
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@ a venv per onnxruntime (Python) release, an npm folder per onnxruntime-node or o
 (wasm, run in Node.js) release, and one for the Node.js client in clients/node.
 
 They are built once from the package registries into RELEVANCE_RUNTIMES_CACHE (default
-~/.cache/relevance-runtimes), each in a temporary folder renamed into place when complete, so
-an interrupted build leaves nothing half-made to be reused, and reruns on the machine are fast.
+~/.cache/relevance-runtimes), each in a temporary folder renamed into place when complete, under a
+file lock, so an interrupted build leaves nothing half-made to be reused, concurrent builders never
+remove each other's environments, and reruns on the machine are fast.
 
 Each runtime is fed pre-tokenized batches as JSON and answers the logits as JSON, so the tests
 compare numbers only. Which runtimes run is chosen by the environment variable RUNTIMES:
@@ -88,28 +89,34 @@ def run(args, cwd=None, timeout=RUN_TIMEOUT_S, env=None):
 
 def cached(name, populate):
     """CACHE/name, made by populate(folder) in a temporary folder and renamed into place when
-    complete: concurrent builders (pytest-xdist workers) and interrupted builds leave no half-made
-    environment behind, and the loser of a race uses the winner's."""
+    complete. Builds of one name take turns under a file lock (pytest-xdist workers, parallel runs),
+    so the second builder finds the first one's environment done and uses it; nothing complete is
+    ever deleted, and an interrupted build leaves only a temporary folder, never a half-made target."""
+    from filelock import FileLock
+
     target = CACHE / name
     if (target / COMPLETE).exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
-    for stale in CACHE.glob(f".{name}.*"):  # left by a killed build over an hour ago
-        if time.time() - stale.stat().st_mtime > 3600:
-            shutil.rmtree(stale, ignore_errors=True)
-    if target.exists():  # not made by cached(), or its files were taken away: build it again
-        shutil.rmtree(target, ignore_errors=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=CACHE))
-    try:
-        populate(building)
-        (building / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    with FileLock(str(CACHE / f"{name}.lock")):
+        if (target / COMPLETE).exists():  # built by whoever held the lock before
+            return target
+        for stale in CACHE.glob(f".{name}.*"):  # left by a killed build over an hour ago
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
+        if target.exists():  # not made by cached() (no COMPLETE inside), so nobody uses it: build it again
+            shutil.rmtree(target)
+        building = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=CACHE))
         try:
-            building.rename(target)
-        except OSError:
-            if not (target / COMPLETE).exists():
-                raise
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
+            populate(building)
+            (building / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+            try:
+                building.rename(target)  # target is absent: the rename publishes it whole, at once
+            except OSError:  # unless a builder outside the lock (an older checkout) got there first
+                if not (target / COMPLETE).exists():
+                    raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
     return target
 
 

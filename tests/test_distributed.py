@@ -32,19 +32,49 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch_nodes(nodes, port, log_dir, timeout=300):
+def listens_on(pid, port):
+    """Whether process `pid` holds a listening TCP socket on `port`."""
+    import psutil
+
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in connections)
+
+
+def start_node(rank, node, port, out, err):
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
+             "--master-addr=127.0.0.1", f"--master-port={port}", *STAGE],
+            cwd=node, env=pipeline_env(OMP_NUM_THREADS="1"), stdout=stdout, stderr=stderr, start_new_session=True)
+
+
+def launch_nodes(nodes, log_dir, timeout=300, tries=5):
     """One torchrun launcher per node; each node's (stdout, stderr) once both have exited. Their output
     goes to files, not pipes: a pipe read after the other node's fills up with progress bars and blocks
-    that node mid-training, and the other with it, in their next collective."""
+    that node mid-training, and the other with it, in their next collective.
+
+    Node 0's launcher hosts the rendezvous store on the master port. A free port can be taken by
+    another process between finding it and binding it, so node 1 starts only once node 0 is seen
+    listening on the port; when node 0 could not bind it (EADDRINUSE) both start again on another."""
     logs = [(log_dir / f"node{rank}.out", log_dir / f"node{rank}.err") for rank in range(len(nodes))]
-    launchers = []
-    for rank, (node, (out, err)) in enumerate(zip(nodes, logs)):
-        with open(out, "w") as stdout, open(err, "w") as stderr:
-            launchers.append(subprocess.Popen(
-                [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
-                 "--master-addr=127.0.0.1", f"--master-port={port}", *STAGE],
-                cwd=node, env=pipeline_env(OMP_NUM_THREADS="1"), stdout=stdout, stderr=stderr, start_new_session=True))
     deadline = time.monotonic() + timeout
+    for _ in range(tries):
+        port = free_port()
+        launchers = [start_node(0, nodes[0], port, *logs[0])]
+        while launchers[0].poll() is None and time.monotonic() < deadline:
+            if listens_on(launchers[0].pid, port):  # the port is node 0's now: the other nodes can join
+                launchers += [start_node(rank, node, port, *log) for rank, (node, log) in enumerate(zip(nodes, logs))
+                              if rank]
+                break
+            time.sleep(0.1)
+        if len(launchers) == 1 and launchers[0].poll() is not None and "EADDRINUSE" in logs[0][1].read_text():
+            continue  # the port was taken before node 0 bound it, and no other node started: another port
+        break  # started, or node 0 failed otherwise or hung: reported below
+    else:
+        raise AssertionError(f"node 0 found the master port taken {tries} times:\n{logs[0][1].read_text()[-5000:]}")
     for launcher in launchers:
         try:
             launcher.wait(timeout=max(deadline - time.monotonic(), 0))
@@ -54,9 +84,10 @@ def launch_nodes(nodes, port, log_dir, timeout=300):
         if launcher.poll() is None:  # the launcher and the training process it started
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
-    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+    outputs = [(out.read_text(), err.read_text()) for out, err in logs[:len(launchers)]]
     for rank, (launcher, (stdout, stderr)) in enumerate(zip(launchers, outputs)):
         assert launcher.returncode == 0, f"node {rank} exited with {launcher.returncode}:\n{(stdout + stderr)[-5000:]}"
+    assert len(launchers) == len(nodes), "node 0 stopped before node 1 could start"
     return outputs
 
 
@@ -89,8 +120,7 @@ def test_two_nodes_train_the_model_one_process_trains_at_the_same_effective_batc
     nodes = [project, tmp_path / "node1"]
     shutil.copytree(project, nodes[1], symlinks=True)
     reproduced = (nodes[1] / "models/finetuned/model.safetensors").read_bytes()
-    port = free_port()
-    outputs = launch_nodes(nodes, port, tmp_path)
+    outputs = launch_nodes(nodes, tmp_path)
     assert "effective batch size 180 (2 process(es) x 90)" in outputs[0][0], "rank 0 reports"
     assert "effective batch size" not in outputs[1][0], "rank 1 does not"
     assert "find_unused_parameters" not in outputs[0][1] + outputs[1][1], "DDP's warning of a wasted pass"

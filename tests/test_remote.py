@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_once, dvc, git, locked_md5, run_cli
+from tests.conftest import build_once, copy_project, dvc, git, locked_md5, run_cli
 from tests.tiny import set_params
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -83,7 +83,7 @@ def v2_run_cache(shared_dir, reproduced_project):
     """DVC's run cache after a `dvc repro` with V2_PARAMS, built once: both remotes' tests
     reproduce v2 from it, as DVC does for anyone who already ran the same stage."""
     def build(path):
-        shutil.copytree(reproduced_project, path, symlinks=True)
+        copy_project(reproduced_project, path)
         set_params(path, V2_PARAMS)
         dvc("repro", cwd=path)
 
@@ -145,13 +145,16 @@ def test_tagged_models_are_pushed_pulled_and_fetched_by_tag(project, remote, v2_
 
 
 def test_push_to_an_unreachable_remote_fails_clearly_and_keeps_local_data(project):
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    dvc("remote", "add", "--default", "storage", "s3://models/relevance", cwd=project)
-    dvc("remote", "modify", "storage", "endpointurl", f"http://127.0.0.1:{port}", cwd=project)
-    model_before = (project / MODEL).read_bytes()
-    result = dvc("push", cwd=project, check=False, **S3_CREDENTIALS)
+    # A port nothing listens on, for as long as the push runs: bound here (without SO_REUSEADDR) and
+    # never listened on, so a connection to it is refused, and no other process (another worker's
+    # server, say) can take it between finding it and the push.
+    with socket.socket() as unreachable:
+        unreachable.bind(("127.0.0.1", 0))
+        port = unreachable.getsockname()[1]
+        dvc("remote", "add", "--default", "storage", "s3://models/relevance", cwd=project)
+        dvc("remote", "modify", "storage", "endpointurl", f"http://127.0.0.1:{port}", cwd=project)
+        model_before = (project / MODEL).read_bytes()
+        result = dvc("push", cwd=project, check=False, **S3_CREDENTIALS)
     assert result.returncode != 0
     # DVC's own one-line error names the endpoint it could not reach.
     assert f'ERROR: unexpected error - Could not connect to the endpoint URL: "http://127.0.0.1:{port}/' in result.stderr
