@@ -16,6 +16,21 @@ from stages.common import StageError, atomic_paths, load_params, model_inputs, r
 PARITY_BATCH_SIZES = (1, 7, 32)
 # The first onnxruntime release that implements each ONNX opset (onnxruntime's docs/Versioning.md).
 ONNXRUNTIME_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18", 23: "1.23"}
+# The oldest onnxruntime this project supports, because its tests run it: CI scores model.onnx and
+# model.int8.onnx in 1.17.3 (tests/runtimes.py MATRIX). An opset alone does not say a file runs:
+# 1.17 and 1.18 crashed on ModernBERT's opset-18 file until export gave its LayerNormalization a
+# zero bias; and 1.14, the first with opset 18, has no wheels for Python 3.11, so no test can run it.
+OLDEST_SUPPORTED_ONNXRUNTIME = "1.17"
+
+
+def min_onnxruntime(opset):
+    """metadata.json's min_onnxruntime: the oldest onnxruntime release to load the file in, the later of
+    the oldest one tested (OLDEST_SUPPORTED_ONNXRUNTIME) and the first to implement its opset; None for
+    an opset missing from ONNXRUNTIME_FOR_OPSET."""
+    if opset not in ONNXRUNTIME_FOR_OPSET:
+        return None
+    return max(ONNXRUNTIME_FOR_OPSET[opset], OLDEST_SUPPORTED_ONNXRUNTIME,
+               key=lambda version: tuple(map(int, version.split("."))))
 
 
 def logits_only(model, input_names):
@@ -162,7 +177,7 @@ def write_metadata(path, model, input_names, opset, max_length):
         "inputs": list(input_names),
         "output": "logits",
         "opset": opset,
-        "min_onnxruntime": ONNXRUNTIME_FOR_OPSET.get(opset),
+        "min_onnxruntime": min_onnxruntime(opset),
         "made_by": {"git_revision": git_revision(), "params": load_params()},
     })
 

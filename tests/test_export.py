@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from stages.common import StageError, load_params
-from stages.export import check_opset, export_onnx, max_logit_difference
+from stages.export import check_opset, export_onnx, max_logit_difference, min_onnxruntime
 from stages.quantize import quantize
 
 INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")  # BERT's tokenizer's order
@@ -45,6 +45,13 @@ def test_ir_version_is_the_lowest_that_holds_the_opset(exported):
     opset = {entry.domain: entry.version for entry in model.opset_import}[""]
     assert model.ir_version == {18: 8, 23: 11}[opset]  # onnx's VERSION_TABLE; the exporter writes 10 for both
     onnx.checker.check_model(model, full_check=True)
+
+
+def test_min_onnxruntime_is_the_oldest_tested_release_or_the_first_with_the_opset():
+    """metadata.json's min_onnxruntime: never below 1.17, the oldest release the runtime tests run (checked
+    against their matrix in test_runtimes), later where the opset needs it; unknown for an opset not in the table."""
+    assert [min_onnxruntime(opset) for opset in (17, 18, 20, 21, 23)] == ["1.17", "1.17", "1.17", "1.18", "1.23"]
+    assert min_onnxruntime(22) is None
 
 
 def test_serving_tokenizer_truncates_and_pads_by_itself(tiny_bert, tmp_path):

@@ -11,7 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.runtimes import NODE_CLIENT, feeds_spec, node_client_env, run, run_logits, selected_runtimes
+from tests.runtimes import (MATRIX, NODE_CLIENT, Runtime, feeds_spec, node_client_env, run, run_logits,
+                            selected_runtimes)
 
 LONG = " ".join(["zoonotic spillover from bats in patients during the pandemic"] * 20)  # 240 tokens
 # Pairs past max_length on either side or both, commas, quotes, a line break and non-ASCII text.
@@ -55,6 +56,14 @@ def encode_stage_tokenizer(reproduced_project):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(reproduced_project / "models/finetuned")
+
+
+def test_metadata_min_onnxruntime_is_the_oldest_onnxruntime_ci_runs(metadata):
+    """What metadata.json promises consumers is tested: its min_onnxruntime is the minor release of the
+    oldest Python onnxruntime, which CI runs (test_exported_models_score_alike_in_every_runtime) on both files."""
+    oldest = MATRIX["python"][0]
+    assert metadata["min_onnxruntime"] == ".".join(oldest.split(".")[:2]), (metadata["min_onnxruntime"], oldest)
+    assert Runtime("python", oldest) in selected_runtimes("")
 
 
 def test_tokenizer_json_truncates_long_pairs_as_the_encode_stage_did(shipped_tokenizer, encode_stage_tokenizer, metadata):
