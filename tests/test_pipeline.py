@@ -10,7 +10,38 @@ from tests.conftest import STAGES, dvc, stages_run
 from tests.tiny import PROJECT_ROOT, set_params
 
 
+def declared_outputs(pipeline):
+    """What dvc.yaml (`pipeline`, as loaded) says the pipeline makes: {stage: its outs, metrics and
+    plots}, and the files of the top-level metrics and plots (a plot's y or x files, or its id)."""
+    def path(entry):  # `- path` or `- path: {options}`
+        return entry if isinstance(entry, str) else next(iter(entry))
+
+    by_stage = {name: [path(entry) for kind in ("outs", "metrics", "plots") for entry in stage.get(kind, [])]
+                for name, stage in pipeline["stages"].items()}
+    top_level = [path(entry) for entry in pipeline.get("metrics", [])]
+    for plot in pipeline.get("plots", []):
+        plot_id, spec = (plot, {}) if isinstance(plot, str) else next(iter(plot.items()))
+        files = [file for axis in ("y", "x") if isinstance((spec or {}).get(axis), dict) for file in spec[axis]]
+        top_level += files or [plot_id]
+    return by_stage, top_level
+
+
 def test_repro_produces_every_declared_output(reproduced_project):
+    import yaml
+
+    by_stage, top_level = declared_outputs(yaml.safe_load((reproduced_project / "dvc.yaml").read_text()))
+    declared = {path for paths in by_stage.values() for path in paths} | set(top_level)
+    # The reading of dvc.yaml finds what it must: an out, a stage's metrics, the Vespa package, the plots' files.
+    assert {"models/model.onnx", "results/quantize/metrics.json", "models/vespa", "results/eval/metrics.json",
+            "results/train/plots/metrics/loss.tsv", "results/eval/plots/sklearn/roc.json"} <= declared
+    lock = yaml.safe_load((reproduced_project / "dvc.lock").read_text())["stages"]
+    for stage, paths in by_stage.items():
+        assert sorted(out["path"] for out in lock[stage].get("outs", [])) == sorted(paths), f"dvc.lock: {stage}"
+    for path in sorted(declared):
+        assert (reproduced_project / path).exists(), path
+        if (reproduced_project / path).is_dir() and path != "models/checkpoints":
+            assert any((reproduced_project / path).iterdir()), f"{path} is empty"
+    # The files the README names, inside the declared folders too, whatever dvc.yaml comes to say.
     for path in ["data/raw/pairs.csv", "data/split/train.csv", "data/split/val.csv", "results/split/metrics.json",
                  "data/encoded/train", "data/encoded/val", "models/pretrained/model.safetensors",
                  "models/finetuned/model.safetensors", "models/finetuned/tokenizer.json", "models/model.onnx",
