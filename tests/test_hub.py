@@ -5,6 +5,7 @@ the hub's failures as one line each that names the model."""
 import csv
 import hashlib
 import io
+import json
 import re
 import sys
 
@@ -93,6 +94,22 @@ def test_dvc_repro_with_the_shipped_params_fetches_the_pinned_hub_model(tmp_path
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     recorded = lock["stages"]["download"]["params"]["params.yaml"]
     assert recorded["model.name"] == REPO and recorded["model.revision"] == COMMIT
+
+    # The pair served labelled both ways was counted, and kept once, as relevant: the shipped
+    # split.conflicting_labels (the CSV has no other repeated pair).
+    assert params["split"]["conflicting_labels"] == "relevant"
+    served = list(csv.reader(io.StringIO(csv_with_conflicting_labels(pairs_csv).decode())))[1:]
+    report = json.loads((project / "results/split/metrics.json").read_text())
+    assert {key: report[key] for key in ("rows", "repeated_rows", "conflicting_pairs", "conflicting_labels", "pairs")} == {
+        "rows": len(served), "repeated_rows": 1, "conflicting_pairs": 1, "conflicting_labels": "relevant",
+        "pairs": len(served) - 1}
+    assert ("split: data/raw/pairs.csv: 1 row(s) repeating a pair merged; 1 pair(s) labelled both 0 and 1 kept as "
+            "relevant (split.conflicting_labels=relevant)") in result.stdout
+    query, title, _ = served[0]
+    split_rows = [row for side in ("train", "val")
+                  for row in csv.DictReader(io.StringIO((project / f"data/split/{side}.csv").read_text(encoding="utf-8")))]
+    assert [row["label"] for row in split_rows if (row["query"], row["title"]) == (query, title)] == ["1"]
+    assert len(split_rows) == report["pairs"]
 
 
 UNKNOWN_REVISION = "0123456789abcdef0123456789abcdef01234567"
