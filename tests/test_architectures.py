@@ -16,9 +16,9 @@ from scorer import RelevanceScorer
 from stages.common import StageError, model_inputs
 from stages.frozen import classification_head, head_inputs
 from stages.training import compute_metrics, make_trainer, one_logit_loss, pretrained_classifier, training_arguments
-from tests.conftest import run_cli, run_stages_in_process
+from tests.conftest import build_once, run_cli, run_stages_in_process
 from tests.runtimes import MATRIX, Runtime, feeds_spec, run_logits
-from tests.test_runtimes import node_client_scores
+from tests.test_runtimes import needs_node, node_client_scores
 from tests.tiny import FAST_PARAMS, PROJECT_ROOT, make_scratch_project, tiny_config
 
 # What each architecture takes: BERT token types; RoBERTa and ModernBERT none; DeBERTa-v3's tokenizer
@@ -240,36 +240,63 @@ def assert_serves_like_pytorch(project, architecture):
 
 
 THROUGH_EXPORT = ["download", "split", "encode", "train", "export"]
+# The encoders taken to a ranking model.onnx: {architecture: (train params, the line train prints about the head)}.
+RANKING = {
+    "roberta": ({"freeze_base": False}, "train: a new 2-label head (train.num_labels: 2)"),
+    "cross-encoder": ({"freeze_base": True, "num_labels": 1},
+                      "train: fine-tuning the pretrained model's own 1-label head (train.num_labels: 1)"),
+}
 
 
-@pytest.mark.parametrize("architecture, train, head_note", [
-    ("roberta", {"freeze_base": False}, "train: a new 2-label head (train.num_labels: 2)"),
-    ("cross-encoder", {"freeze_base": True, "num_labels": 1},
-     "train: fine-tuning the pretrained model's own 1-label head (train.num_labels: 1)"),
-])
-def test_pipeline_takes_the_encoder_from_csv_to_a_ranking_model(tiny_model, pairs_csv, tmp_path, architecture, train,
-                                                                 head_note):
-    params = {**FAST_PARAMS, "train": {**FAST_PARAMS["train"], "epochs": 1, **train}}
-    project = make_scratch_project(tmp_path / "project", pairs_csv, tiny_model(architecture), params=params,
-                                   use_git=False)
-    printed = run_stages_in_process(project, THROUGH_EXPORT)
+@pytest.fixture(scope="session")
+def ranking_project(shared_dir, tiny_model, pairs_csv):
+    """ranking_project(architecture): (the project after the stages through export on a tiny model of
+    RANKING, what each stage printed), run once per session and shared by the tests below, which only read it."""
+    def build(architecture):
+        train, _ = RANKING[architecture]
+        params = {**FAST_PARAMS, "train": {**FAST_PARAMS["train"], "epochs": 1, **train}}
+
+        def run(path):
+            make_scratch_project(path, pairs_csv, tiny_model(architecture), params=params, use_git=False)
+            printed = run_stages_in_process(path, THROUGH_EXPORT)
+            (path.parent / f"{path.name}.printed.json").write_text(json.dumps(printed))
+
+        project = build_once(shared_dir, f"ranking-{architecture}", run)
+        return project, json.loads((project.parent / f"{project.name}.printed.json").read_text())
+
+    return build
+
+
+@pytest.mark.parametrize("architecture", list(RANKING))
+def test_pipeline_takes_the_encoder_from_csv_to_a_ranking_model(ranking_project, tmp_path, architecture):
+    project, printed = ranking_project(architecture)
+    train, head_note = RANKING[architecture]
     assert head_note in printed["train"].splitlines()
-    metadata, scores = assert_serves_like_pytorch(project, architecture)
+    metadata, _ = assert_serves_like_pytorch(project, architecture)
     assert metadata["probability"] == ("sigmoid" if train.get("num_labels") == 1 else "softmax")
 
     queries, titles = validation_pairs(project)
-    if shutil.which("node") and shutil.which("npm"):  # the Node.js client, from the same metadata.json
-        (tmp_path / "node").mkdir()
-        rows = [(query, title, f"doc-{i}") for i, (query, title) in enumerate(zip(queries, titles))]
-        scored = node_client_scores(project / "models", rows, tmp_path / "node")
-        np.testing.assert_allclose([float(row["relevance"]) for row in scored], scores, atol=1e-4, rtol=0)
     query = queries[0]
     (tmp_path / "titles.txt").write_text("\n".join(titles) + "\n", encoding="utf-8")
-    ranked = run_cli([sys.executable, "-m", "scorer", "rank", query, tmp_path / "titles.txt", "--top-k", "5"],
+    # -B: the project is shared; no bytecode written into it while another test reads it.
+    ranked = run_cli([sys.executable, "-B", "-m", "scorer", "rank", query, tmp_path / "titles.txt", "--top-k", "5"],
                      cwd=project).stdout.splitlines()
     expected = RelevanceScorer(project / "models/model.onnx").scores([query] * len(titles), titles)
     best = sorted(expected, reverse=True)[:5]
     assert [float(line.split("\t")[1]) for line in ranked] == pytest.approx(best, abs=1e-4)
+
+
+@needs_node
+@pytest.mark.parametrize("architecture", list(RANKING))
+def test_node_client_scores_the_encoders_model_like_the_python_scorer(ranking_project, tmp_path, architecture):
+    """The Node.js client, from the same metadata.json (the Python scorer's scores are PyTorch's: above)."""
+    project, _ = ranking_project(architecture)
+    queries, titles = validation_pairs(project)
+    rows = [(query, title, f"doc-{i}") for i, (query, title) in enumerate(zip(queries, titles))]
+    scored = node_client_scores(project / "models", rows, tmp_path)
+    assert [(row["query"], row["title"], row["doc_id"]) for row in scored] == rows
+    scores = RelevanceScorer(project / "models/model.onnx").scores(queries, titles)
+    np.testing.assert_allclose([float(row["relevance"]) for row in scored], scores, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("architecture", ["deberta-v3", "modernbert"])
