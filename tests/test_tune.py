@@ -1,0 +1,264 @@
+"""python -m tune: Optuna studies whose trials' folds are real `dvc exp run` experiments, with the
+real dvc CLI in scratch git repositories, Optuna's real SQLite storage and a real PostgreSQL server.
+
+The trials here search split params and are valued by a split metric (val_pairs in
+results/split/metrics.json), so each experiment runs the download and split stages only, a few
+seconds each: what is tested is how tune runs, records, resumes and shares trials, which does not
+depend on the stage (a training experiment costs ~15 s of CPU, torch's import alone 5). The default
+metric and the training params are exercised by bench/tune.py. The CSV's queries have different
+numbers of titles, so a fold's val_pairs depends on split.seed and the folds' values differ.
+"""
+import csv
+import glob
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import dvc, git, pipeline_env, run_cli
+from tests.tiny import PROJECT_ROOT, make_scratch_project
+
+SPACE = """\
+split.seed: {type: int, low: 0, high: 1000}
+split.conflicting_labels: {type: categorical, choices: [relevant, drop, error]}
+"""
+METRIC = ["--metric", "results/split/metrics.json:val_pairs", "--search-space", "space.yaml"]
+SEED = "4"  # with it, the sampler picks two failing trials (conflicting_labels: error) among the first five,
+# and a passing one first in the second run
+
+
+def write_csv(path):
+    """12 queries with 3 to 14 titles each, half relevant, and one (query, title) pair labelled both
+    ways, which split.conflicting_labels: error refuses."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["query", "title", "label"])
+        for q in range(12):
+            for t in range(3 + q):
+                writer.writerow([f"query {q} about topic {q % 4}", f"title {t} of query {q}", t % 2])
+        writer.writerow(["query 0 about topic 0", "title 0 of query 0", 1])  # labelled 0 above
+    return path
+
+
+def tune_project(dest, csv_path, model_dir, space=SPACE):
+    """A scratch project with tune/ and a split-only search space committed, as a user's repository would have them."""
+    project = make_scratch_project(dest, csv_path, model_dir)
+    shutil.copytree(PROJECT_ROOT / "tune", project / "tune", ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "space.yaml").write_text(space)
+    git("add", "-A", cwd=project)
+    git("commit", "-q", "-m", "tune", cwd=project)
+    return project
+
+
+def tune(project, *args, check=True):
+    return run_cli([sys.executable, "-m", "tune", *args], cwd=project, check=check)
+
+
+def start_tune(project, *args, log):
+    """tune in the background, with SIGINT's default action (an ignored SIGINT would be inherited)."""
+    def default_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    return subprocess.Popen([sys.executable, "-m", "tune", *args], cwd=project, env=pipeline_env(), stdout=log,
+                            stderr=subprocess.STDOUT, preexec_fn=default_sigint)
+
+
+def study_report(project, study):
+    return json.loads((project / "results/tune" / f"{study}.json").read_text())
+
+
+def experiments(project):
+    """{experiment name: (params.yaml data, results/split/metrics.json data)} from `dvc exp show --json`."""
+    found = {}
+    for baseline in json.loads(dvc("exp", "show", "--json", cwd=project).stdout):
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                data = rev["data"]
+                found[rev["name"]] = (data["params"]["params.yaml"]["data"],
+                                      data["metrics"]["results/split/metrics.json"]["data"])
+    return found
+
+
+def by_state(report, state):
+    return [t for t in report["trials"] if t["state"] == state]
+
+
+def wait_for_line(path, text, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert process.poll() is None, f"tune ended before printing {text!r}:\n{path.read_text()}"
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout} s:\n{path.read_text()}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def csv_path(tmp_path):
+    return write_csv(tmp_path / "pairs.csv")
+
+
+def test_bad_input_stops_with_one_line_naming_it(tmp_path, csv_path, tiny_bert):
+    project = tune_project(tmp_path / "project", csv_path, tiny_bert)
+    # A previous run's split metrics in the workspace: --metric is checked against them before anything runs.
+    (project / "results/split").mkdir(parents=True)
+    (project / "results/split/metrics.json").write_text(json.dumps({"val_pairs": 10, "train_pairs": 30}))
+    cases = [("bad.yaml", "train.learning_rte: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n", [],
+              "error: {space}: train.learning_rte: not a key of params.yaml"),
+             ("bad.yaml", "train.epochs: {type: normal, low: 1, high: 5}\n", [],
+              "error: {space}: train.epochs: unknown distribution type 'normal'"),
+             ("space.yaml", None, ["--metric", "results/split/metrics.json:val_pears"],
+              "error: --metric results/split/metrics.json:val_pears: val_pears is not in results/split/metrics.json")]
+    for name, text, extra, expected in cases:
+        if text is not None:
+            (project / name).write_text(text)
+        result = tune(project, "--trials", "1", "--search-space", name, *extra, check=False)
+        assert result.returncode == 1
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(expected.format(space=project / name)), result.stderr
+    assert not (project / "results/tune/studies.db").exists(), "bad input starts no study"
+
+
+def test_a_study_runs_folds_as_experiments_survives_a_failure_and_resumes_after_ctrl_c(tmp_path, csv_path, tiny_bert):
+    project = tune_project(tmp_path / "project", csv_path, tiny_bert)
+    common = ["--study", "cv", "--folds", "2", "--seed", SEED, *METRIC]
+
+    tune(project, "--trials", "3", *common)
+    report = study_report(project, "cv")
+    complete, failed = by_state(report, "COMPLETE"), by_state(report, "FAIL")
+    assert len(complete) == 3
+    # The failing trial is recorded with its stage's error line, and the study went on past it.
+    assert failed, "the seed was chosen so that one trial fails; pick another if the sampler changed"
+    for trial in failed:
+        assert trial["params"]["split.conflicting_labels"] == "error"
+        assert trial["error"].startswith("error: data/raw/pairs.csv: rows 2 and 104 label the same pair"), trial["error"]
+    assert max(t["number"] for t in failed) < max(t["number"] for t in complete)
+    # The first trial is params.yaml's current values.
+    assert report["trials"][0]["params"] == {"split.seed": 42, "split.conflicting_labels": "relevant"}
+
+    # 3 trials x 2 folds: 6 experiments, each trial's value the mean of its folds' own metric.
+    shown = experiments(project)
+    assert sorted(shown) == sorted(f"cv-{t['number']}-{fold}" for t in complete for fold in (0, 1))
+    fold_values = []
+    for trial in complete:
+        assert trial["experiments"] == [f"cv-{trial['number']}-0", f"cv-{trial['number']}-1"]
+        params = [shown[name][0]["split"] for name in trial["experiments"]]
+        assert [(p["folds"], p["fold"]) for p in params] == [(2, 0), (2, 1)]
+        assert all(p["seed"] == trial["params"]["split.seed"] for p in params)
+        values = [shown[name][1]["val_pairs"] for name in trial["experiments"]]
+        assert trial["value"] == pytest.approx(statistics.fmean(values))
+        fold_values += values
+    assert len(set(fold_values)) > 1, "the folds' values should differ, or the mean tells nothing"
+    best = max(complete, key=lambda t: t["value"])
+    assert report["best"]["number"] == best["number"]
+    md = (project / "results/tune/cv.md").read_text()
+    assert f"dvc exp apply cv-{best['number']}-0" in md
+    assert (project / "results/tune/cv-history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Ctrl-C during the next run's first experiment: a clean stop, the trial failed as interrupted.
+    log_path = tmp_path / "interrupted.log"
+    with open(log_path, "w") as log:
+        run = start_tune(project, "--trials", "4", *common, log=log)
+        wait_for_line(log_path, "fold 1/2: Running stage", run)
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=120) == 130, log_path.read_text()
+    report = study_report(project, "cv")
+    (interrupted,) = [t for t in report["trials"] if (t["error"] or "").startswith("interrupted")]
+    assert len(by_state(report, "COMPLETE")) == 3
+    assert not by_state(report, "RUNNING")
+    assert not list((project / ".dvc/tmp/tune/runners").iterdir()), "the run's clone is removed"
+
+    (queued,) = by_state(report, "WAITING")
+    assert queued["params"] == interrupted["params"]
+
+    # The rerun adds exactly one trial: the interrupted one's params, run again.
+    ran_before = [t["number"] for t in report["trials"] if t["state"] != "WAITING"]
+    tune(project, "--trials", "4", *common)
+    report = study_report(project, "cv")
+    (rerun,) = [t for t in report["trials"] if t["number"] not in ran_before]
+    assert rerun["number"] == queued["number"] and rerun["state"] == "COMPLETE"
+    assert rerun["params"] == interrupted["params"] and rerun["retry_of"] == interrupted["number"]
+    assert len(by_state(report, "COMPLETE")) == 4
+    # Every experiment in the repository is one that a trial lists, and every listed one is there.
+    listed = [name for t in report["trials"] for name in t["experiments"]]
+    assert sorted(experiments(project)) == sorted(listed) and len(listed) == len(set(listed))
+    # With the study complete, a rerun runs nothing and writes the report again.
+    (project / "results/tune/cv.json").unlink()
+    assert "Running stage" not in tune(project, "--trials", "4", *common).stdout
+    assert study_report(project, "cv")["trials"] == report["trials"]
+
+
+def postgres_bin():
+    """The folder of PostgreSQL's initdb and pg_ctl: on PATH, or Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parent.parent.name))
+    return Path(versions[-1]).parent if versions else None
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server of its own in a temporary folder, listening on 127.0.0.1; yields its URL.
+    The server refuses to run as root: as root, it runs as the `postgres` user. Its port is picked at
+    random and the start retried on another when that one is taken (no free-port probe to race)."""
+    bindir = postgres_bin()
+    if bindir is None:
+        pytest.skip("initdb not found (Debian: apt-get install postgresql; .ci/run installs it)")
+    as_user = []
+    folder = Path(tempfile.mkdtemp(prefix="tune-postgres-"))  # not under pytest's root-only tmp_path
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres", "postgres")
+    data, log = folder / "data", folder / "server.log"
+    try:
+        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+        for _ in range(5):
+            port = random.randrange(20000, 60000)
+            options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -F"
+            started = subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                                      "-o", options, "start"], capture_output=True, text=True)
+            if started.returncode == 0:
+                break
+            if "already in use" not in log.read_text():
+                raise AssertionError(f"pg_ctl start failed:\n{started.stdout}{started.stderr}\n{log.read_text()}")
+        else:
+            raise AssertionError(f"no free port in 5 tries:\n{log.read_text()}")
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                           capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_in_two_clones_share_one_postgresql_study(tmp_path, csv_path, tiny_bert, postgres):
+    first = tune_project(tmp_path / "first", csv_path, tiny_bert, space=SPACE.replace(", error]", "]"))
+    second = tmp_path / "second"
+    subprocess.run(["git", "clone", "-q", str(first), str(second)], check=True)  # another machine's checkout
+    args = ["--trials", "4", "--study", "shared", "--storage", postgres, *METRIC]
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    # Both at once on a fresh database: both create Optuna's tables and types at the same moment.
+    with open(logs[0], "w") as log0, open(logs[1], "w") as log1:
+        workers = [start_tune(first, *args, log=log0), start_tune(second, *args, log=log1)]
+        codes = [worker.wait(timeout=240) for worker in workers]
+    assert codes == [0, 0], "\n".join(path.read_text() for path in logs)
+
+    report = study_report(first, "shared")
+    assert [(t["number"], t["state"]) for t in report["trials"]] == [(n, "COMPLETE") for n in range(4)]
+    # No trial lost or repeated: each trial's one experiment is in the clone that ran it, and only there.
+    ran = {first.resolve(): set(experiments(first)), second.resolve(): set(experiments(second))}
+    assert not ran[first.resolve()] & ran[second.resolve()]
+    assert ran[first.resolve()] | ran[second.resolve()] == {f"shared-{n}" for n in range(4)}
+    for trial in report["trials"]:
+        assert set(trial["experiments"]) <= ran[Path(trial["repo"]).resolve()], trial
+    assert study_report(second, "shared")["trials"] == report["trials"]

@@ -1,0 +1,5 @@
+import sys
+
+from tune.main import main
+
+sys.exit(main())

@@ -1,0 +1,263 @@
+"""Trials' folds as DVC experiments, run with `dvc exp run --temp -n NAME STAGE -S key=value ...`
+in a private clone of the project per job slot (a "runner"), and brought back into the project's
+repository, where `dvc exp show`, `dvc params diff` and `dvc exp apply` see them.
+
+Why a clone: read in DVC 3.67's source (dvc/repo/experiments/queue/base.py, tempdir.py):
+- `dvc exp run --temp` stashes the workspace (`git stash`), writes the -S values, commits them to
+  a stash ref and restores the workspace: each start rewrites the user's tracked files for a moment.
+- the temp queue is one stash ref shared by every `dvc exp run --temp` in a repository ("queue
+  length is only 0 or 1"), and each such process runs every entry it finds there, taking them
+  without a lock: two at once in one repository may run each other's experiments.
+In a clone of its own, each job slot's DVC has its own queue and workspace, and the user's are never
+touched. The clone shares the project's DVC cache (and with it the run cache): stages whose params
+and inputs did not change are restored from it, not rerun. Uncommitted changes to tracked files go
+into every trial, as `dvc exp run` takes them; untracked files do not.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+from tune.errors import TuneError
+
+RUNNERS = ".dvc/tmp/tune/runners"  # git ignores .dvc/tmp; one folder per running job slot
+LOGS = ".dvc/tmp/tune/logs"        # each experiment's full output
+
+
+def dvc_command():
+    """This interpreter's DVC: the one installed beside tune, whatever `dvc` is first on PATH."""
+    return [sys.executable, "-m", "dvc"]
+
+
+def git(*args, cwd, input=None, check=True):
+    result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
+    if check and result.returncode != 0:
+        message = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
+        raise TuneError(f"git {' '.join(args[:2])}: {message[-1] if message else f'exit status {result.returncode}'}")
+    return result.stdout.decode(errors="replace")
+
+
+def default_sigint():
+    """For a child: SIGINT's default action, unblocked, as a shell gives a command (an ignored
+    SIGINT would be inherited across exec and the run would not stop)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+class Project:
+    """The user's DVC project: its root, the commit its experiments start from, its DVC cache."""
+
+    def __init__(self, root):
+        self.root = Path(root).resolve()
+        for name in ("dvc.yaml", "params.yaml", ".dvc"):
+            if not (self.root / name).exists():
+                raise TuneError(f"{self.root / name}: not found; run python -m tune in the DVC project's root")
+        if not (self.root / ".git").exists():
+            raise TuneError(f"{self.root}: not a git repository; DVC experiments need one (git init, commit)")
+        result = git("rev-parse", "--verify", "-q", "HEAD", cwd=self.root, check=False)
+        if not result.strip():
+            raise TuneError(f"{self.root}: no commit yet; experiments start from one (git commit)")
+        self.head = result.strip()
+        self.dvc_yaml = yaml.safe_load((self.root / "dvc.yaml").read_text(encoding="utf-8")) or {}
+        self.params = yaml.safe_load((self.root / "params.yaml").read_text(encoding="utf-8")) or {}
+        # The workspace's uncommitted changes to tracked files, as DVC would take them into an experiment.
+        self.diff = subprocess.run(["git", "diff", "--binary", "HEAD"], cwd=self.root, capture_output=True,
+                                   check=True).stdout
+        self._cache_dir = None
+        self._fetch = threading.Lock()
+
+    @property
+    def cache_dir(self):
+        if self._cache_dir is None:
+            result = subprocess.run([*dvc_command(), "cache", "dir"], cwd=self.root, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise TuneError(f"dvc cache dir: {(result.stderr or result.stdout).strip()}")
+            self._cache_dir = result.stdout.strip()
+        return self._cache_dir
+
+    def stage_writing(self, path):
+        """The dvc.yaml stage whose outputs (outs, metrics, plots) hold `path`, or None."""
+        path = path.strip("/")
+        for name, stage in (self.dvc_yaml.get("stages") or {}).items():
+            for field in ("outs", "metrics", "plots"):
+                for entry in stage.get(field) or []:
+                    out = str(next(iter(entry)) if isinstance(entry, dict) else entry).strip("/")
+                    if path == out or path.startswith(out + "/"):
+                        return name
+        return None
+
+    def experiment_ref(self, name):
+        return f"refs/exps/{self.head[:2]}/{self.head[2:]}/{name}"
+
+    def experiment_rev(self, name):
+        """The commit of experiment `name` on this project's baseline, or None."""
+        return git("rev-parse", "--verify", "-q", self.experiment_ref(name), cwd=self.root, check=False).strip() or None
+
+    def experiments_named(self, prefix):
+        """Names of this repository's experiments (any baseline) that start with `prefix`."""
+        refs = git("for-each-ref", "--format=%(refname)", "refs/exps/", cwd=self.root).split()
+        return sorted({ref.rsplit("/", 1)[1] for ref in refs if ref.count("/") == 4 and ref.rsplit("/", 1)[1].startswith(prefix)})
+
+    def collect(self, runner_root, name):
+        """Bring experiment `name` from a runner into the project's repository (never over an
+        existing experiment of that name)."""
+        ref = self.experiment_ref(name)
+        with self._fetch:
+            git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(runner_root), f"{ref}:{ref}", cwd=self.root)
+
+    def read_file(self, rev, path):
+        """`path` as committed in `rev` (a git-tracked output: metrics files have cache: false), or,
+        for an output DVC caches, through DVC's API."""
+        result = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=self.root, capture_output=True)
+        if result.returncode == 0:
+            return result.stdout.decode("utf-8")
+        import dvc.api
+
+        try:
+            return dvc.api.read(path, repo=str(self.root), rev=rev)
+        except Exception as err:  # noqa: BLE001 (DVC raises many kinds; the trial records which)
+            raise FileNotFoundError(f"{path}: not in experiment commit {rev[:7]} ({type(err).__name__}: {err})") from None
+
+
+def error_line(output):
+    """The line that says why a run failed: a stage's own `error: ...` line, else DVC's `ERROR: ...`
+    (a stage killed by a signal: `... exited with -9`), else the last line."""
+    lines = [line.strip() for line in re.split(r"[\r\n]+", output) if line.strip()]
+    for prefix in ("error: ", "ERROR: "):
+        found = [line for line in lines if line.startswith(prefix)]
+        if found:
+            return found[-1] if prefix == "error: " else found[0]
+    return lines[-1] if lines else "no output"
+
+
+class Runner:
+    """One job slot: a clone of the project under .dvc/tmp/tune/runners/, sharing its DVC cache."""
+
+    def __init__(self, project, slot, env):
+        self.project = project
+        self.env = env
+        self.root = project.root / RUNNERS / f"{os.getpid()}-{slot}"
+        self.process = None
+        self._made = False
+
+    def make(self):
+        if self._made:
+            return
+        root, project = self.root, self.project
+        shutil.rmtree(root, ignore_errors=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        git("clone", "--quiet", "--local", "--no-checkout", str(project.root), str(root), cwd=project.root)
+        git("checkout", "--quiet", "--detach", project.head, cwd=root)
+        for line in git("config", "--local", "--get-regexp", r"^user\.", cwd=project.root, check=False).splitlines():
+            key, _, value = line.partition(" ")
+            git("config", "--local", key, value, cwd=root)
+        if project.diff:
+            git("apply", "--binary", "--whitespace=nowarn", "-", cwd=root, input=project.diff)
+        local_config = project.root / ".dvc" / "config.local"
+        if local_config.exists():
+            shutil.copyfile(local_config, root / ".dvc" / "config.local")
+        result = subprocess.run([*dvc_command(), "config", "--local", "cache.dir", project.cache_dir], cwd=root,
+                                capture_output=True, text=True, env=self.env)
+        if result.returncode != 0:
+            raise TuneError(f"dvc config cache.dir: {(result.stderr or result.stdout).strip()}")
+        self._made = True
+
+    def run(self, name, target, overrides, log_path, progress):
+        """`dvc exp run --temp -n name target -S ...` here; its output goes to log_path, and each
+        stage it starts or skips to progress(line). Returns (exit status, output)."""
+        self.make()
+        command = [*dvc_command(), "exp", "run", "--temp", "-n", name, *( [target] if target else []),
+                   *(arg for item in overrides for arg in ("-S", item))]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        chunks = []
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write("$ " + " ".join(command) + "\n")
+            log.flush()
+            # Its own session: a Ctrl-C reaches tune only, which passes one SIGINT on to the run's group.
+            self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=default_sigint)
+            for raw in self.process.stdout:
+                text = raw.decode("utf-8", errors="replace")
+                chunks.append(text)
+                log.write(text)
+                log.flush()
+                for line in re.split(r"[\r\n]+", text):
+                    match = re.match(r"(Running stage '[^']+'|Stage '[^']+' didn't change, skipping|"
+                                     r"Stage '[^']+' is cached - skipping run)", line.strip())
+                    if match:
+                        progress(match.group(1))
+            status = self.process.wait()
+        self.process = None
+        return status, "".join(chunks)
+
+    def interrupt(self, kill=False):
+        """Pass a Ctrl-C (or, with kill, SIGKILL) to the running experiment and what it runs."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    def remove(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def remove_stale_runners(project):
+    """Runner folders of tune processes that no longer exist (killed without cleaning up)."""
+    folder = project.root / RUNNERS
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_metric(project, rev, path, key):
+    """The number at dotted `key` in the JSON or YAML file `path` of commit `rev`: (value, None, False),
+    or (None, why, missing): missing when the file or key is not there (every trial would fail the
+    same way), not when the value is not a number (null: undefined on this fold)."""
+    try:
+        text = project.read_file(rev, path)
+    except FileNotFoundError as err:
+        return None, str(err), True
+    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    value = data
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None, missing_key(key, path, data), True
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, f"{key} is {json.dumps(value)} in {path}, not a number", False
+    return float(value), None, False
+
+
+def missing_key(key, path, data):
+    return f"{key} is not in {path} (its keys: {', '.join(sorted(flat_keys(data)))})"
+
+
+def flat_keys(data, prefix=""):
+    if not isinstance(data, dict):
+        return [prefix.rstrip(".")] if prefix else []
+    keys = []
+    for key, value in data.items():
+        keys += flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys

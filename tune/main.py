@@ -1,0 +1,431 @@
+"""python -m tune: search params.yaml's hyperparameters with Optuna, each trial's folds run as DVC
+experiments (docs/tuning.md).
+
+    python -m tune --trials 20                          # the holdout split, results/tune/tune.{json,md}
+    python -m tune --trials 20 --folds 5 --study lr     # each trial: 5 folds over queries, their mean
+    python -m tune --trials 40 --study lr --storage postgresql://USER:PASSWORD@HOST/DB   # on every machine
+
+--trials is the study's total of complete trials: a rerun (after Ctrl-C, a failure, or with a
+larger N) continues the study up to N, and with N already reached only writes the report.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import yaml
+
+from tune import experiments, report, space as search_space, storage as storages
+from tune.errors import TuneError
+
+DEFAULT_METRICS_FILE = "results/eval/metrics.json"
+DEFAULT_METRIC = "fp32.ndcg@10"
+METRIC_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+MAX_RETRIES = 2  # a trial whose worker died is rerun with the same params at most this many times
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, required=True, metavar="N",
+                        help="the study's total of complete trials; a rerun continues up to N")
+    parser.add_argument("--folds", type=int, metavar="K",
+                        help="k-fold cross-validation over queries: each trial runs K experiments (split.folds=K, "
+                             "split.fold=0..K-1), its value the mean of their metric (default: the holdout split)")
+    parser.add_argument("--study", default="tune", help="the study's name, and its experiments' prefix (default: %(default)s)")
+    parser.add_argument("--storage", metavar="URL", help=f"Optuna storage: sqlite:///PATH (default: {storages.DEFAULT_DB}, "
+                        "git-ignored) or postgresql://USER:PASSWORD@HOST:PORT/DATABASE, shared by many machines")
+    parser.add_argument("--metric", default=DEFAULT_METRIC, metavar="[FILE:]KEY",
+                        help=f"the value of a trial: KEY in FILE, a metrics file a stage writes "
+                             f"(default: {DEFAULT_METRIC} in {DEFAULT_METRICS_FILE})")
+    parser.add_argument("--direction", choices=("maximize", "minimize"), default="maximize",
+                        help="maximize (default) or minimize the metric")
+    parser.add_argument("--jobs", type=int, default=1, metavar="J",
+                        help="trials at once on this machine: one GPU each where there are several, the CPU "
+                             "threads divided between them otherwise (default: %(default)s)")
+    parser.add_argument("--search-space", default="search_space.yaml", metavar="PATH",
+                        help="the search space (default: %(default)s, beside params.yaml)")
+    parser.add_argument("--seed", type=int, help="seed Optuna's sampler, for a repeatable sequence of trials")
+    parser.add_argument("--max-failures", type=int, default=5, metavar="M",
+                        help="stop when M trials in a row have failed in this run (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.trials < 0:
+        raise TuneError(f"--trials {args.trials}: expected 0 or more")
+    if args.folds is not None and args.folds < 2:
+        raise TuneError(f"--folds {args.folds}: expected 2 or more (leave it out for the holdout split)")
+    if args.jobs < 1:
+        raise TuneError(f"--jobs {args.jobs}: expected 1 or more")
+    if args.max_failures < 1:
+        raise TuneError(f"--max-failures {args.max_failures}: expected 1 or more")
+    if not STUDY_NAME.match(args.study) or args.study.endswith(".lock"):
+        raise TuneError(f"--study {args.study}: use letters, digits, '.', '_' and '-' (it names experiments and files)")
+    return args
+
+
+def parse_metric(text, project):
+    """(file, key, stage) of --metric: FILE:KEY or KEY in the default file, and the stage writing FILE."""
+    file, key = DEFAULT_METRICS_FILE, text
+    head, sep, tail = text.partition(":")
+    if sep and head.endswith(METRIC_FILE_SUFFIXES):
+        file, key = head, tail
+    if not key:
+        raise TuneError(f"--metric {text}: no key; expected [FILE:]KEY such as {DEFAULT_METRIC}")
+    stage = project.stage_writing(file)
+    if stage is None:
+        raise TuneError(f"--metric {text}: {file} is not an output of any stage in dvc.yaml")
+    workspace_copy = project.root / file
+    if workspace_copy.is_file():
+        try:
+            content = workspace_copy.read_text(encoding="utf-8")
+            data = json.loads(content) if file.endswith(".json") else yaml.safe_load(content)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and key not in experiments.flat_keys(data):
+            raise TuneError(f"--metric {text}: {experiments.missing_key(key, file, data)}")
+    return file, key, stage
+
+
+def visible_gpus():
+    """Ids of the GPUs this process may use (CUDA_VISIBLE_DEVICES, else nvidia-smi's list), without torch."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip() and gpu.strip() != "-1"]
+    try:
+        result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [m.group(1) for m in re.finditer(r"^GPU (\d+):", result.stdout, flags=re.MULTILINE)] if result.returncode == 0 else []
+
+
+def slot_environments(jobs):
+    """The environment of each job slot's runs: one GPU each where there are several; with more
+    than one job, the CPU's threads divided between them (torch and BLAS read OMP_NUM_THREADS)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    gpus = visible_gpus()
+    envs = []
+    for slot in range(jobs):
+        env = dict(os.environ)
+        if jobs > 1:
+            for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[name] = str(max(1, cpus // jobs))
+            if len(gpus) > 1:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+        envs.append(env)
+    notes = []
+    if jobs > 1:
+        notes.append(f"{jobs} jobs: {max(1, cpus // jobs)} CPU thread(s) each" +
+                     (f", GPU {', '.join(envs[s]['CUDA_VISIBLE_DEVICES'] for s in range(jobs))}" if len(gpus) > 1 else ""))
+        if len(gpus) > 1 and jobs > len(gpus):
+            notes.append(f"warning: --jobs {jobs} on {len(gpus)} GPUs: some jobs share a GPU")
+        if len(gpus) == 1:
+            notes.append(f"warning: --jobs {jobs} on one GPU: the jobs share it")
+    return envs, notes
+
+
+class Tuner:
+    def __init__(self, args, project):
+        self.args = args
+        self.project = project
+        self.space = search_space.load(project.root / args.search_space, project.params)
+        self.metric_file, self.metric_key, self.target = parse_metric(args.metric, project)
+        self.url = storages.storage_url(args.storage, project.root)
+        self.host = socket.gethostname()
+        self.stop = threading.Event()
+        self.interrupted = False
+        self.fatal = None
+        self.failures_in_a_row = 0
+        self.last_error = None
+        self.runners = []
+        self._print = threading.Lock()
+        self._count = threading.Lock()
+
+    def say(self, line):
+        with self._print:
+            print(line, flush=True)
+
+    # -- the study ------------------------------------------------------------------------------
+    def open(self):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        # Heartbeats are recorded here by tune's own thread per trial, not by Study.optimize.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        self.storage, self.locks = storages.open_storage(self.url, self.rerun_stale)
+        settings = {"metric_file": self.metric_file, "metric": self.metric_key, "folds": self.args.folds,
+                    "search_space": search_space.describe(self.space)}
+        with self.locks.hold(f"tune-claim:{self.args.study}"):
+            study = optuna.create_study(storage=self.storage, study_name=self.args.study, direction=self.args.direction,
+                                        load_if_exists=True)
+            if study.direction.name.lower() != self.args.direction:
+                raise TuneError(f"--direction {self.args.direction}: study '{self.args.study}' "
+                                f"{study.direction.name.lower()}s its metric")
+            known = study.user_attrs.get("tune")
+            if known is None:
+                taken = self.project.experiments_named(f"{self.args.study}-")
+                if taken and not study.trials:
+                    raise TuneError(f"--study {self.args.study}: this repository already has experiments named "
+                                    f"{self.args.study}-* ({', '.join(taken[:3])}{', ...' if len(taken) > 3 else ''}) from an "
+                                    f"earlier study of that name; choose another name, or remove them with "
+                                    f"`dvc exp remove {' '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}`")
+                study.set_user_attr("tune", {**settings, "commit": self.project.head})
+                self.enqueue_current_params(study)
+            else:
+                for option, field in (("--metric", "metric_file"), ("--metric", "metric"), ("--folds", "folds")):
+                    if known.get(field) != settings[field]:
+                        theirs = f"{known['metric_file']}:{known['metric']}" if option == "--metric" else known.get(field)
+                        raise TuneError(f"{option}: study '{self.args.study}' was run with {option} {theirs}; "
+                                        f"a study keeps one metric and one split (give another --study)")
+                if known.get("search_space") != settings["search_space"]:
+                    self.say(f"tune: note: {self.args.search_space} differs from the space study '{self.args.study}' "
+                             f"started with; its next trials search the new one")
+                if known.get("commit") != self.project.head:
+                    self.say(f"tune: note: study '{self.args.study}' started at commit {known.get('commit', '?')[:7]}; "
+                             f"this checkout is at {self.project.head[:7]}")
+        seed = None if self.args.seed is None else self.args.seed + len(study.trials)
+        # constant_liar: trials running on other workers count as middling results, so that workers
+        # starting together do not all try the same region.
+        study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        self.study = study
+        return study
+
+    def enqueue_current_params(self, study):
+        """A new study's first trial: params.yaml's values of the searched keys (when each is a point
+        of its distribution), so the report compares the best trial with what is there now."""
+        current = {key: search_space.lookup(self.project.params, key) for key in self.space}
+        outside = [key for key, value in current.items() if not search_space.in_space(self.space[key], value)]
+        if outside:
+            self.say(f"tune: params.yaml's {', '.join(outside)} lie outside the search space; no trial of the current params")
+            return
+        study.enqueue_trial(current, user_attrs={"current_params": True})
+
+    def rerun_stale(self, study, trial):
+        """A running trial whose worker stopped sending heartbeats (killed, machine lost) has been
+        failed: record why, and queue its params again unless it was already retried MAX_RETRIES times."""
+        retries = trial.user_attrs.get("retries", 0)
+        study._storage.set_trial_user_attr(trial._trial_id, "error", f"its worker ({trial.user_attrs.get('host', '?')}) "
+                                           f"stopped sending heartbeats for {storages.GRACE_S} s")
+        if retries < MAX_RETRIES:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
+        self.say(f"tune: trial {trial.number} had no heartbeat for {storages.GRACE_S} s: failed"
+                 + (", its params queued again" if retries < MAX_RETRIES else f", not queued again after {retries} retries"))
+
+    def claim(self):
+        """The next trial to run, or None when the study has its N complete trials (or we stop).
+        Under the study's lock: count complete and running trials, and ask for one only when they
+        leave room, so workers together never run more than N; wait while others' trials run."""
+        import optuna
+        from optuna.trial import TrialState
+
+        waiting_said = False
+        while not self.stop.is_set():
+            with self.locks.hold(f"tune-claim:{self.args.study}"):
+                optuna.storages.fail_stale_trials(self.study)
+                states = [t.state for t in self.study.get_trials(deepcopy=False)]
+                complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
+                if complete >= self.args.trials:
+                    return None
+                if complete + running < self.args.trials:
+                    trial = self.study.ask(self.space)
+                    self.storage.record_heartbeat(trial._trial_id)
+                    trial.set_user_attr("host", self.host)
+                    trial.set_user_attr("repo", str(self.project.root))
+                    trial.set_user_attr("commit", self.project.head)
+                    return trial
+            if not waiting_said:
+                self.say(f"tune: {complete} of {self.args.trials} trials complete, {running} running: "
+                         f"waiting, in case one fails")
+                waiting_said = True
+            self.stop.wait(2)
+        return None
+
+    # -- one trial ------------------------------------------------------------------------------
+    def experiment_name(self, trial, fold):
+        return f"{self.args.study}-{trial.number}" + ("" if fold is None else f"-{fold}")
+
+    def run_trial(self, runner, trial):
+        """Run the trial's folds; returns (TrialState, value or None)."""
+        from optuna.trial import TrialState
+
+        folds = [None] if self.args.folds is None else list(range(self.args.folds))
+        overrides = [search_space.override(key, value) for key, value in trial.params.items()]
+        shown = ", ".join(f"{key}={value}" for key, value in trial.params.items())
+        self.say(f"trial {trial.number}: {shown}")
+        names, values = [], []
+        for fold in folds:
+            name = self.experiment_name(trial, fold)
+            if self.stop.is_set():
+                return self.interrupted_trial(trial, names, name)
+            label = f"trial {trial.number}" + ("" if fold is None else f" fold {fold + 1}/{len(folds)}")
+            split = [] if fold is None else [f"split.folds={self.args.folds}", f"split.fold={fold}"]
+            log = self.project.root / experiments.LOGS / self.args.study / f"{name}.log"
+            trial.set_user_attr("log", str(log.relative_to(self.project.root)))
+            status, output = runner.run(name, self.target, overrides + split, log,
+                                        lambda line, label=label: self.say(f"  {label}: {line}"))
+            if status != 0 and self.stop.is_set():
+                return self.interrupted_trial(trial, names, name)
+            if status != 0:
+                return self.failed(trial, names, name, experiments.error_line(output), log)
+            self.project.collect(runner.root, name)
+            names.append(name)
+            trial.set_user_attr("experiments", names)
+            value, why, missing = experiments.read_metric(self.project, self.project.experiment_rev(name),
+                                                          self.metric_file, self.metric_key)
+            if value is None:
+                result = self.failed(trial, names, name, f"error: {why}", log)
+                if missing:  # every trial would fail the same way
+                    self.halt(TuneError(f"--metric {self.args.metric}: {why}"))
+                return result
+            values.append(value)
+            trial.set_user_attr("fold_values", values)
+            if fold is not None:
+                self.say(f"  {label}: {self.metric_key} {value:.4f} ({name})")
+        value = statistics.fmean(values)
+        with self._count:
+            self.failures_in_a_row = 0
+        self.study.tell(trial, value)
+        best = self.study.best_trial
+        self.say(f"trial {trial.number}: {self.metric_key} {value:.4f}" + (f" (mean of {len(values)} folds)" if len(values) > 1 else "")
+                 + f"; best: trial {best.number}, {best.value:.4f}")
+        return TrialState.COMPLETE, value
+
+    def failed(self, trial, names, name, line, log):
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("error", line)
+        trial.set_user_attr("failed_experiment", name)
+        self.study.tell(trial, state=TrialState.FAIL)
+        with self._count:
+            self.failures_in_a_row += 1
+            self.last_error = line
+            stop = self.failures_in_a_row >= self.args.max_failures
+        if stop:
+            self.halt(TuneError(f"--max-failures {self.args.max_failures}: the last {self.args.max_failures} "
+                                f"trials failed; the last: {line}"))
+        self.say(f"trial {trial.number}: failed in {name}: {line} (log: {log.relative_to(self.project.root)})")
+        return TrialState.FAIL, None
+
+    def interrupted_trial(self, trial, names, name):
+        """Ctrl-C: the trial is failed as interrupted and its params queued, so the next run reruns
+        it first (its finished folds come back from DVC's run cache in seconds)."""
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("error", f"interrupted (Ctrl-C) during {name}")
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
+                                                           "retries": trial.user_attrs.get("retries", 0)})
+        self.say(f"trial {trial.number}: interrupted; its params run first next time")
+        return TrialState.FAIL, None
+
+    def heartbeat(self, trial, done):
+        while not done.wait(storages.HEARTBEAT_S):
+            try:
+                self.storage.record_heartbeat(trial._trial_id)
+            except Exception as err:  # noqa: BLE001 (a lost connection must not kill the trial; the next beat retries)
+                self.say(f"tune: warning: heartbeat of trial {trial.number} not recorded: {str(err).splitlines()[0]}")
+
+    def worker(self, runner):
+        try:
+            while not self.stop.is_set():
+                trial = self.claim()
+                if trial is None:
+                    return
+                done = threading.Event()
+                beat = threading.Thread(target=self.heartbeat, args=(trial, done), daemon=True)
+                beat.start()
+                try:
+                    self.run_trial(runner, trial)
+                except BaseException as err:  # a bug or a lost database: fail the trial, stop the run, say why
+                    from optuna.trial import TrialState
+
+                    why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                    try:
+                        trial.set_user_attr("error", f"error: tune: {why}")
+                        self.study.tell(trial, state=TrialState.FAIL)
+                    except Exception:  # noqa: BLE001 (the storage itself may be what failed)
+                        pass
+                    self.halt(err if isinstance(err, TuneError) else TuneError(f"tune: trial {trial.number}: {why}"))
+                finally:
+                    done.set()
+                    beat.join()
+        finally:
+            runner.remove()
+
+    # -- the run --------------------------------------------------------------------------------
+    def halt(self, error):
+        """Stop the run for `error` (the first one wins): the other running trials are interrupted
+        and queued again, as on Ctrl-C."""
+        with self._count:
+            if self.fatal is None:
+                self.fatal = error
+        self.stop.set()
+        for runner in self.runners:
+            runner.interrupt()
+
+    def on_signal(self, signum, frame):
+        if self.stop.is_set() and self.interrupted:
+            self.say("tune: stopping now: killing the running experiments")
+            for runner in self.runners:
+                runner.interrupt(kill=True)
+            return
+        self.interrupted = True
+        self.stop.set()
+        self.say(f"tune: {signal.Signals(signum).name}: stopping the running experiments "
+                 f"(again to kill them); rerun the same command to resume")
+        for runner in self.runners:
+            runner.interrupt()
+
+    def run(self):
+        from optuna.trial import TrialState
+
+        study = self.open()
+        counts = lambda: [t.state for t in study.get_trials(deepcopy=False)].count(TrialState.COMPLETE)  # noqa: E731
+        self.say(f"tune: study '{self.args.study}' in {storages.shown(self.url)}: {counts()} of {self.args.trials} "
+                 f"trials complete; {self.metric_key} in {self.metric_file} ({self.args.direction}), "
+                 + (f"{self.args.folds} folds" if self.args.folds else "holdout split")
+                 + f"; each experiment: dvc exp run --temp {self.target}")
+        envs, notes = slot_environments(self.args.jobs)
+        for note in notes:
+            self.say(f"tune: {note}")
+        experiments.remove_stale_runners(self.project)
+        self.runners = [experiments.Runner(self.project, slot, env) for slot, env in enumerate(envs)]
+        previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            threads = [threading.Thread(target=self.worker, args=(runner,), daemon=True) for runner in self.runners]
+            for thread in threads:
+                thread.start()
+                time.sleep(0.2)  # stagger the first claims a little
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.5)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        paths = report.write(self, study)
+        for line in report.summary_lines(self, study, paths):
+            self.say(line)
+        if self.fatal is not None:
+            raise self.fatal
+        if self.interrupted:
+            return 130
+        return 0
+
+
+def main(argv=None):
+    try:
+        args = parse_args(argv)
+        project = experiments.Project(Path.cwd())
+        return Tuner(args, project).run()
+    except TuneError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1

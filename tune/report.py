@@ -1,0 +1,176 @@
+"""The study's report: results/tune/<study>.json (every trial and the best), <study>.md (a summary
+with the `dvc exp apply` line of the best trial) and PNG pictures drawn by Optuna's own
+matplotlib functions (the objective over trials, the params' importances)."""
+import json
+import math
+import warnings
+from pathlib import Path
+
+from tune import space as search_space, storage as storages
+
+RESULTS = "results/tune"
+
+
+def _number(value):
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+
+
+def trial_record(trial):
+    attrs = trial.user_attrs
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
+        if trial.datetime_complete and trial.datetime_start else None
+    # A queued trial's params are not sampled yet, but fixed: Optuna keeps them in a system attr.
+    params = trial.params if trial.state.name != "WAITING" else trial.system_attrs.get("fixed_params", {})
+    record = {"number": trial.number, "state": trial.state.name, "params": params, "value": _number(trial.value),
+              "fold_values": attrs.get("fold_values"), "experiments": attrs.get("experiments", []),
+              "error": attrs.get("error"), "failed_experiment": attrs.get("failed_experiment"),
+              "host": attrs.get("host"), "repo": attrs.get("repo"), "commit": attrs.get("commit"), "log": attrs.get("log"),
+              "seconds": None if seconds is None else round(seconds, 1)}
+    if attrs.get("retry_of") is not None:
+        record["retry_of"] = attrs["retry_of"]
+    if attrs.get("current_params"):
+        record["current_params"] = True
+    return record
+
+
+def apply_lines(tuner, best):
+    """The commands that bring the best trial's experiment into a workspace."""
+    name = best["experiments"][0] if best["experiments"] else None
+    lines = []
+    elsewhere = best.get("host") != tuner.host or best.get("repo") != str(tuner.project.root)
+    if name and best.get("host") and elsewhere:
+        where = best["host"] if best["host"] != tuner.host else best["repo"]
+        lines.append(f"dvc exp pull origin {name}   # it ran in {where}, which shares it with `dvc exp push origin {name}`")
+    if name:
+        lines.append(f"dvc exp apply {name}")
+    if tuner.args.folds:
+        settings = " ".join(f"-S {search_space.override(k, v)}" for k, v in best["params"].items())
+        lines.append(f"dvc exp run -S split.folds=null {settings}   # the best params on the holdout split")
+    return lines
+
+
+def best_of(tuner, records):
+    complete = [r for r in records if r["state"] == "COMPLETE" and r["value"] is not None]
+    if not complete:
+        return None
+    pick = max if tuner.args.direction == "maximize" else min
+    return pick(complete, key=lambda r: (r["value"], -r["number"]))
+
+
+def draw(study, path, kind, metric):
+    """One of Optuna's matplotlib plots into a small PNG; None, or why it could not be drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if kind == "history":
+                axes = optuna.visualization.matplotlib.plot_optimization_history(study, target_name=metric)
+            else:
+                evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+                axes = optuna.visualization.matplotlib.plot_param_importances(study, evaluator=evaluator, target_name=metric)
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            plt.close("all")
+            return str(err).splitlines()[0] if str(err) else type(err).__name__
+        figure = axes.figure
+        figure.set_size_inches(7, 4)
+        figure.savefig(path, dpi=80, bbox_inches="tight")
+        plt.close(figure)
+    return None
+
+
+def write(tuner, study):
+    """Write the report of the whole study (every worker's trials) into the project; returns its paths."""
+    folder = tuner.project.root / RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    name = tuner.args.study
+    records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
+    best = best_of(tuner, records)
+    current = next((r for r in records if r.get("current_params") and r["state"] == "COMPLETE"), None)
+    record = {
+        "study": name, "storage": storages.shown(tuner.url),
+        "metric": {"file": tuner.metric_file, "key": tuner.metric_key, "direction": tuner.args.direction},
+        "folds": tuner.args.folds, "search_space": search_space.describe(tuner.space),
+        "complete": sum(r["state"] == "COMPLETE" for r in records),
+        "failed": sum(r["state"] == "FAIL" for r in records),
+        "trials": records,
+        "best": None if best is None else {**{k: best[k] for k in ("number", "value", "fold_values", "params", "experiments", "host", "repo")},
+                                           "apply": apply_lines(tuner, best)},
+        "current_params": None if current is None else {k: current[k] for k in ("number", "value", "params")},
+    }
+    json_path = folder / f"{name}.json"
+    json_path.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+
+    pictures = {}
+    complete = record["complete"]
+    for kind in ("history", "importances"):
+        path = folder / f"{name}-{kind}.png"
+        why = "no complete trial yet" if complete == 0 else \
+            ("fewer than 2 complete trials" if kind == "importances" and complete < 2 else None)
+        why = why or draw(study, path, kind, tuner.metric_key)
+        if why:
+            path.unlink(missing_ok=True)
+        pictures[kind] = (path, why)
+    md_path = folder / f"{name}.md"
+    md_path.write_text(markdown(tuner, record, best, current, pictures) + "\n", encoding="utf-8")
+    return {"json": json_path, "md": md_path, **{k: p for k, (p, why) in pictures.items() if not why}}
+
+
+def _fmt(value):
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def table(header, rows):
+    """The lines of a markdown table (as bench/report.py writes them)."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
+def markdown(tuner, record, best, current, pictures):
+    metric = f"{tuner.metric_key}" + ("" if tuner.metric_file == "results/eval/metrics.json" else f" ({tuner.metric_file})")
+    split = f"mean of {tuner.args.folds} folds over queries" if tuner.args.folds else "holdout split"
+    lines = [f"# Study `{record['study']}`", "",
+             f"{record['complete']} complete and {record['failed']} failed trials; value: {metric}, {tuner.args.direction}d, "
+             f"{split}. Storage: `{record['storage']}`. Written by `python -m tune` (docs/tuning.md).", ""]
+    if best:
+        lines += [f"**Best: trial {best['number']}, {tuner.metric_key} {best['value']:.4f}**"
+                  + (f" (folds: {', '.join(f'{v:.4f}' for v in best['fold_values'])})" if best.get("fold_values") and len(best["fold_values"]) > 1 else "")
+                  + (f"; params.yaml's current values (trial {current['number']}): {current['value']:.4f}" if current else "") + ".",
+                  "", "```bash", *apply_lines(tuner, best), "```", ""]
+    keys = list(tuner.space)
+    rows = []
+    for r in record["trials"]:
+        value = "" if r["value"] is None else f"{r['value']:.4f}"
+        folds = ", ".join(f"{v:.4f}" for v in r["fold_values"] or []) if tuner.args.folds else ""
+        outcome = ", ".join(r["experiments"]) if r["state"] == "COMPLETE" else (r["error"] or "")
+        marks = (" (best)" if best and r["number"] == best["number"] else "") + (" (params.yaml)" if r.get("current_params") else "") \
+            + (f" (rerun of {r['retry_of']})" if r.get("retry_of") is not None else "")
+        rows.append([f"{r['number']}{marks}", r["state"], value, *([folds] if tuner.args.folds else []),
+                     *(_fmt(r["params"].get(k)) if k in r["params"] else "" for k in keys),
+                     outcome.replace("|", "\\|")])
+    header = ["trial", "state", tuner.metric_key, *(["folds"] if tuner.args.folds else []), *keys,
+              "experiments (or why it failed)"]
+    lines += ["## Trials", "", *table(header, rows), ""]
+    lines += ["## Pictures", ""]
+    for kind, title in (("history", "The objective over trials"), ("importances", "The params' importances (fANOVA)")):
+        path, why = pictures[kind]
+        lines.append(f"![{title}]({Path(path).name})" if not why else f"{title}: not drawn ({why}).")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def summary_lines(tuner, study, paths):
+    record = json.loads(Path(paths["json"]).read_text())
+    lines = [f"tune: study '{record['study']}': {record['complete']} complete, {record['failed']} failed trial(s); "
+             f"report: {Path(paths['md']).relative_to(tuner.project.root)}"]
+    best = record["best"]
+    if best:
+        lines.append(f"tune: best: trial {best['number']}, {tuner.metric_key} {best['value']:.4f}; to use it:")
+        lines += [f"  {line}" for line in best["apply"]]
+    return lines
