@@ -4,6 +4,7 @@ Kept free of heavy imports (torch, transformers) so every stage starts fast.
 """
 import contextlib
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -29,11 +30,21 @@ def run(main):
         sys.exit(f"error: {err}")
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """YAML as DVC writes params.yaml: `dvc exp run -S train.learning_rate=5e-5` writes `5e-05` (YAML
+    1.2, through ruamel), which YAML 1.1's rules, PyYAML's, read as the string '5e-05' (training then
+    stopped on comparing a str with a float). A number with an exponent and no point is a float here."""
+
+
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
+
+
 def load_params(section=None):
     """One section of params.yaml, or all of it."""
     try:
         with open(PARAMS_FILE, encoding="utf-8") as f:
-            params = yaml.safe_load(f) or {}
+            params = yaml.load(f, Loader=ParamsLoader) or {}
     except FileNotFoundError:
         raise StageError(f"{PARAMS_FILE} not found; run stages from the repository root") from None
     if section is None:

@@ -127,6 +127,21 @@ def test_bad_input_stops_with_one_line_naming_it(tmp_path, csv_path, tiny_bert):
     assert not (project / "results/tune/studies.db").exists(), "bad input starts no study"
 
 
+def test_a_float_below_1e_4_set_by_dvc_reaches_the_stages_as_a_number(tmp_path, monkeypatch):
+    """`dvc exp run -S` writes 3.1e-05 as YAML 1.2 does, which PyYAML alone reads as a string (half of
+    the default learning-rate range lies below 1e-4)."""
+    from dvc.utils.hydra import apply_overrides
+
+    from stages.common import load_params
+    from tune.space import override
+
+    (tmp_path / "params.yaml").write_text("train:\n  learning_rate: 5.0e-5\n")
+    apply_overrides(str(tmp_path / "params.yaml"), [override("train.learning_rate", 3.1e-05)])  # as dvc exp run -S
+    assert "learning_rate: 3.1e-05" in (tmp_path / "params.yaml").read_text()
+    monkeypatch.chdir(tmp_path)
+    assert load_params("train")["learning_rate"] == 3.1e-05
+
+
 def test_a_study_runs_folds_as_experiments_survives_a_failure_and_resumes_after_ctrl_c(tmp_path, csv_path, tiny_bert):
     project = tune_project(tmp_path / "project", csv_path, tiny_bert)
     common = ["--study", "cv", "--folds", "2", "--seed", SEED, *METRIC]

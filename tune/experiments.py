@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from stages.common import ParamsLoader  # params.yaml as DVC writes it (5e-05 is a float)
 from tune.errors import TuneError
 
 RUNNERS = ".dvc/tmp/tune/runners"  # git ignores .dvc/tmp; one folder per running job slot
@@ -66,7 +67,7 @@ class Project:
             raise TuneError(f"{self.root}: no commit yet; experiments start from one (git commit)")
         self.head = result.strip()
         self.dvc_yaml = yaml.safe_load((self.root / "dvc.yaml").read_text(encoding="utf-8")) or {}
-        self.params = yaml.safe_load((self.root / "params.yaml").read_text(encoding="utf-8")) or {}
+        self.params = yaml.load((self.root / "params.yaml").read_text(encoding="utf-8"), Loader=ParamsLoader) or {}
         # The workspace's uncommitted changes to tracked files, as DVC would take them into an experiment.
         self.diff = subprocess.run(["git", "diff", "--binary", "HEAD"], cwd=self.root, capture_output=True,
                                    check=True).stdout

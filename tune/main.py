@@ -56,6 +56,8 @@ def parse_args(argv):
     parser.add_argument("--search-space", default="search_space.yaml", metavar="PATH",
                         help="the search space (default: %(default)s, beside params.yaml)")
     parser.add_argument("--seed", type=int, help="seed Optuna's sampler, for a repeatable sequence of trials")
+    parser.add_argument("--timeout", type=float, metavar="MINUTES",
+                        help="start no trial after this many minutes (running ones finish); the next run goes on")
     parser.add_argument("--max-failures", type=int, default=5, metavar="M",
                         help="stop when M trials in a row have failed in this run (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -65,6 +67,8 @@ def parse_args(argv):
         raise TuneError(f"--folds {args.folds}: expected 2 or more (leave it out for the holdout split)")
     if args.jobs < 1:
         raise TuneError(f"--jobs {args.jobs}: expected 1 or more")
+    if args.timeout is not None and args.timeout <= 0:
+        raise TuneError(f"--timeout {args.timeout}: expected a positive number of minutes")
     if args.max_failures < 1:
         raise TuneError(f"--max-failures {args.max_failures}: expected 1 or more")
     if not STUDY_NAME.match(args.study) or args.study.endswith(".lock"):
@@ -146,6 +150,8 @@ class Tuner:
         self.failures_in_a_row = 0
         self.last_error = None
         self.runners = []
+        self.deadline = None if args.timeout is None else time.monotonic() + 60 * args.timeout
+        self.timed_out = False
         self._print = threading.Lock()
         self._count = threading.Lock()
 
@@ -229,6 +235,11 @@ class Tuner:
 
         waiting_said = False
         while not self.stop.is_set():
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                if not self.timed_out:
+                    self.timed_out = True
+                    self.say(f"tune: --timeout {self.args.timeout:g} minutes reached: no new trial")
+                return None
             with self.locks.hold(f"tune-claim:{self.args.study}"):
                 optuna.storages.fail_stale_trials(self.study)
                 states = [t.state for t in self.study.get_trials(deepcopy=False)]
