@@ -76,11 +76,15 @@ class Project:
 
     @property
     def cache_dir(self):
+        """The project's DVC cache, as `dvc cache dir` says (read in this process: a dvc command costs a second)."""
         if self._cache_dir is None:
-            result = subprocess.run([*dvc_command(), "cache", "dir"], cwd=self.root, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise TuneError(f"dvc cache dir: {(result.stderr or result.stdout).strip()}")
-            self._cache_dir = result.stdout.strip()
+            from dvc.config import Config, ConfigError
+
+            try:
+                configured = Config(dvc_dir=str(self.root / ".dvc"))["cache"].get("dir")
+            except ConfigError as err:
+                raise TuneError(f"{self.root / '.dvc'}: {err}") from None
+            self._cache_dir = str(configured or self.root / ".dvc" / "cache")
         return self._cache_dir
 
     def stage_writing(self, path):
@@ -161,13 +165,16 @@ class Runner:
             git("config", "--local", key, value, cwd=root)
         if project.diff:
             git("apply", "--binary", "--whitespace=nowarn", "-", cwd=root, input=project.diff)
+        # The project's local DVC config (remotes' credentials, ...) and its cache, as DVC's own temp
+        # runs get them (`dvc config --local cache.dir`, written here without a second dvc process).
+        from configobj import ConfigObj
+
         local_config = project.root / ".dvc" / "config.local"
         if local_config.exists():
             shutil.copyfile(local_config, root / ".dvc" / "config.local")
-        result = subprocess.run([*dvc_command(), "config", "--local", "cache.dir", project.cache_dir], cwd=root,
-                                capture_output=True, text=True, env=self.env)
-        if result.returncode != 0:
-            raise TuneError(f"dvc config cache.dir: {(result.stderr or result.stdout).strip()}")
+        config = ConfigObj(str(root / ".dvc" / "config.local"))
+        config.setdefault("cache", {})["dir"] = project.cache_dir
+        config.write()
         self._made = True
 
     def run(self, name, target, overrides, log_path, progress):
