@@ -177,8 +177,8 @@ def test_every_param_is_explained_in_docs_params_md():
     page = PARAMS_PAGE.read_text(encoding="utf-8")
     missing = [name for name in names if not documented(name, page)]
     stale = stale_params(page, params)
-    assert not missing and not stale, (f"{relative(PARAMS_PAGE)}: params.yaml keys it does not name: {', '.join(missing)}; "
-                                       f"params it names that params.yaml does not have: {', '.join(stale)}")
+    assert not missing, f"params.yaml keys that {relative(PARAMS_PAGE)} does not name: {', '.join(missing)}"
+    assert not stale, f"params that {relative(PARAMS_PAGE)} names and params.yaml does not have: {', '.join(stale)}"
 
 
 def module_exists(name):
