@@ -38,7 +38,8 @@ def dvc_command():
 
 
 def git(*args, cwd, input=None, check=True):
-    result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
+    # Its own session: a Ctrl-C meant for tune must not cut a fetch or clone short (tune stops after it).
+    result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True, start_new_session=True)
     if check and result.returncode != 0:
         message = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
         raise TuneError(f"git {' '.join(args[:2])}: {message[-1] if message else f'exit status {result.returncode}'}")
@@ -177,9 +178,10 @@ class Runner:
         config.write()
         self._made = True
 
-    def run(self, name, target, overrides, log_path, progress):
+    def run(self, name, target, overrides, log_path, progress, stopping=lambda: False):
         """`dvc exp run --temp -n name target -S ...` here; its output goes to log_path, and each
-        stage it starts or skips to progress(line). Returns (exit status, output)."""
+        stage it starts or skips to progress(line). Returns (exit status, output). stopping(): whether
+        a Ctrl-C came before the run started, which then gets it at once."""
         self.make()
         command = [*dvc_command(), "exp", "run", "--temp", "-n", name, *( [target] if target else []),
                    *(arg for item in overrides for arg in ("-S", item))]
@@ -191,6 +193,8 @@ class Runner:
             # Its own session: a Ctrl-C reaches tune only, which passes one SIGINT on to the run's group.
             self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=default_sigint)
+            if stopping():
+                self.interrupt()
             for raw in self.process.stdout:
                 text = raw.decode("utf-8", errors="replace")
                 chunks.append(text)

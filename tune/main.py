@@ -146,6 +146,7 @@ class Tuner:
         self.host = socket.gethostname()
         self.stop = threading.Event()
         self.interrupted = False
+        self.stop_reason = None
         self.fatal = None
         self.failures_in_a_row = 0
         self.last_error = None
@@ -219,8 +220,6 @@ class Tuner:
         """A running trial whose worker stopped sending heartbeats (killed, machine lost) has been
         failed: record why, and queue its params again unless it was already retried MAX_RETRIES times."""
         retries = trial.user_attrs.get("retries", 0)
-        study._storage.set_trial_user_attr(trial._trial_id, "error", f"its worker ({trial.user_attrs.get('host', '?')}) "
-                                           f"stopped sending heartbeats for {storages.GRACE_S} s")
         if retries < MAX_RETRIES:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
         self.say(f"tune: trial {trial.number} had no heartbeat for {storages.GRACE_S} s: failed"
@@ -282,7 +281,7 @@ class Tuner:
             log = self.project.root / experiments.LOGS / self.args.study / f"{name}.log"
             trial.set_user_attr("log", str(log.relative_to(self.project.root)))
             status, output = runner.run(name, self.target, overrides + split, log,
-                                        lambda line, label=label: self.say(f"  {label}: {line}"))
+                                        lambda line, label=label: self.say(f"  {label}: {line}"), self.stop.is_set)
             if status != 0 and self.stop.is_set():
                 return self.interrupted_trial(trial, names, name)
             if status != 0:
@@ -331,7 +330,7 @@ class Tuner:
         it first (its finished folds come back from DVC's run cache in seconds)."""
         from optuna.trial import TrialState
 
-        trial.set_user_attr("error", f"interrupted (Ctrl-C) during {name}")
+        trial.set_user_attr("error", f"interrupted ({self.stop_reason or 'stopped'}) during {name}")
         self.study.tell(trial, state=TrialState.FAIL)
         self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
                                                            "retries": trial.user_attrs.get("retries", 0)})
@@ -361,11 +360,15 @@ class Tuner:
 
                     why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                     try:
-                        trial.set_user_attr("error", f"error: tune: {why}")
-                        self.study.tell(trial, state=TrialState.FAIL)
+                        if self.interrupted:
+                            self.interrupted_trial(trial, [], "its set-up")
+                        else:
+                            trial.set_user_attr("error", f"error: tune: {why}")
+                            self.study.tell(trial, state=TrialState.FAIL)
                     except Exception:  # noqa: BLE001 (the storage itself may be what failed)
                         pass
-                    self.halt(err if isinstance(err, TuneError) else TuneError(f"tune: trial {trial.number}: {why}"))
+                    if not self.interrupted:
+                        self.halt(err if isinstance(err, TuneError) else TuneError(f"tune: trial {trial.number}: {why}"))
                 finally:
                     done.set()
                     beat.join()
@@ -379,6 +382,7 @@ class Tuner:
         with self._count:
             if self.fatal is None:
                 self.fatal = error
+                self.stop_reason = self.stop_reason or "the run stopped on an error"
         self.stop.set()
         for runner in self.runners:
             runner.interrupt()
@@ -390,6 +394,7 @@ class Tuner:
                 runner.interrupt(kill=True)
             return
         self.interrupted = True
+        self.stop_reason = {signal.SIGINT: "Ctrl-C"}.get(signum, signal.Signals(signum).name)
         self.stop.set()
         self.say(f"tune: {signal.Signals(signum).name}: stopping the running experiments "
                  f"(again to kill them); rerun the same command to resume")

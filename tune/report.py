@@ -23,7 +23,9 @@ def trial_record(trial):
     params = trial.params if trial.state.name != "WAITING" else trial.system_attrs.get("fixed_params", {})
     record = {"number": trial.number, "state": trial.state.name, "params": params, "value": _number(trial.value),
               "fold_values": attrs.get("fold_values"), "experiments": attrs.get("experiments", []),
-              "error": attrs.get("error"), "failed_experiment": attrs.get("failed_experiment"),
+              "error": attrs.get("error") or (f"its worker stopped: no heartbeat for {storages.GRACE_S} s"
+                                              if trial.state.name == "FAIL" else None),
+              "failed_experiment": attrs.get("failed_experiment"),
               "host": attrs.get("host"), "repo": attrs.get("repo"), "commit": attrs.get("commit"), "log": attrs.get("log"),
               "seconds": None if seconds is None else round(seconds, 1)}
     if attrs.get("retry_of") is not None:
