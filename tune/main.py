@@ -149,7 +149,6 @@ class Tuner:
         self.stop_reason = None
         self.fatal = None
         self.failures_in_a_row = 0
-        self.last_error = None
         self.runners = []
         self.deadline = None if args.timeout is None else time.monotonic() + 60 * args.timeout
         self.timed_out = False
@@ -218,7 +217,8 @@ class Tuner:
 
     def rerun_stale(self, study, trial):
         """A running trial whose worker stopped sending heartbeats (killed, machine lost) has been
-        failed: record why, and queue its params again unless it was already retried MAX_RETRIES times."""
+        failed (the report says why): queue its params again, unless they were retried MAX_RETRIES times
+        already, in case they are what kills the worker."""
         retries = trial.user_attrs.get("retries", 0)
         if retries < MAX_RETRIES:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
@@ -317,7 +317,6 @@ class Tuner:
         self.study.tell(trial, state=TrialState.FAIL)
         with self._count:
             self.failures_in_a_row += 1
-            self.last_error = line
             stop = self.failures_in_a_row >= self.args.max_failures
         if stop:
             self.halt(TuneError(f"--max-failures {self.args.max_failures}: the last {self.args.max_failures} "
