@@ -18,6 +18,7 @@ and NAME.md, and copies the study's pictures beside them.
 """
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def make_project(args, model_dir):
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     for command in (["git", "init", "-q", "-b", "main"], git + ["add", "-A"], git + ["commit", "-q", "-m", "bench.tune"]):
         subprocess.run(command, cwd=project, check=True)
-    return project, len(queries)
+    return project, len(labels)
 
 
 def run_tune(project, args):
@@ -74,8 +75,9 @@ def markdown(record):
     gain = best["value"] - shipped["value"]
     lines = [
         "# Tuning on real pretrained weights (`python -m bench.tune`)", "",
-        f"Measured {record['date']} on {record['cpu']}, under `nice -n 19` beside other work; {record['minutes']:.0f} minutes "
-        f"in all. {record['model']['package']} {record['model']['version']} (all-MiniLM-L6-v2) on "
+        f"Measured {record['date']} on {record['cpu']}, under `nice -n 19` beside other work (load average "
+        f"{record['load_average']['start']:.1f} at the start, {record['load_average']['end']:.1f} at the end); "
+        f"{record['minutes']:.0f} minutes in all. {record['model']['package']} {record['model']['version']} (all-MiniLM-L6-v2) on "
         f"{record['pairs']} synthetic pairs ({record['queries']} queries of {record['titles']} titles, "
         f"bench.synthetic.realistic_pairs), {record['folds']}-fold cross-validation over queries; the default search "
         f"space (search_space.yaml), TPE sampler seed {record['seed']}, new trials stopped after {record['timeout_minutes']:g} minutes.",
@@ -90,8 +92,10 @@ def markdown(record):
         "", "Every trial (each fold a `dvc exp run --temp evaluate` experiment in the scratch project):", "",
         *table(["trial", "state", "nDCG@10", "folds", *keys, "seconds", "error"], rows), "",
         "![The objective over trials](tune-history.png)", "",
-        "![The params' importances](tune-importances.png)" if record["pictures"].get("importances") else
-        "(Too few trials for the params' importances.)", "",
+        *(["![The params' importances](tune-importances.png)", "",
+           f"(fANOVA over {len(trials)} trials: with so few, the importances say little more than which params "
+           "differed between them.)" if len(trials) < 10 else ""] if record["pictures"].get("importances") else
+          ["(Too few trials for the params' importances.)"]), "",
         f"Command: `{record['command']}`. {len(trials)} trials of {record['folds']} folds are what "
         f"{record['minutes']:.0f} minutes of this CPU allowed: this shows what tuning finds against the shipped "
         "recipe, not a converged search. The fold values show how far one split alone can move a score.",
@@ -115,8 +119,8 @@ def main():
     parser.add_argument("--results", default=str(RESULTS), help="results folder (default: bench/results)")
     args = parser.parse_args()
     model_dir, model = locate_model(args)
-    start = time.perf_counter()
-    project, queries = make_project(args, model_dir)
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    project, pairs = make_project(args, model_dir)
     seconds, command = run_tune(project, args)
     study = json.loads((project / "results/tune" / f"{STUDY}.json").read_text())
     shipped = study["current_params"]
@@ -133,10 +137,11 @@ def main():
             shutil.copyfile(source, results / f"{args.name}-{kind}.png")
             pictures[kind] = f"{args.name}-{kind}.png"
     record = {
-        "date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "model": model, "queries": queries, "titles": args.titles,
-        "pairs": queries * args.titles, "folds": args.folds, "seed": args.seed, "timeout_minutes": args.minutes,
+        "date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "model": model, "queries": args.queries, "titles": args.titles,
+        "pairs": pairs, "folds": args.folds, "seed": args.seed, "timeout_minutes": args.minutes,
         "command": "python -m " + " ".join(command[1:]), "minutes": (time.perf_counter() - start) / 60,
         "tune_seconds": seconds, "search_space": study["search_space"],
+        "load_average": {"start": load_start, "end": os.getloadavg()[0]},
         "shipped": {k: shipped[k] for k in ("number", "value", "fold_values", "params")},
         "best": {k: best[k] for k in ("number", "value", "fold_values", "params")},
         "gain": best["value"] - shipped["value"],
