@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import shutil
@@ -33,6 +34,17 @@ def dvc(*args, cwd, check=True, **env):
 
 def git(*args, cwd):
     return run_cli(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd)
+
+
+def dvc_experiments(project, metrics_file):
+    """{experiment name: (params.yaml data, `metrics_file`'s data)} from `dvc exp show --json`."""
+    found = {}
+    for baseline in json.loads(dvc("exp", "show", "--json", cwd=project).stdout):
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                data = rev["data"]
+                found[rev["name"]] = (data["params"]["params.yaml"]["data"], data["metrics"][metrics_file]["data"])
+    return found
 
 
 def locked_md5(project, stage, path):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dvc, git, pipeline_env, run_cli
+from tests.conftest import dvc_experiments, git, pipeline_env, run_cli
 from tests.tiny import PROJECT_ROOT, make_scratch_project
 
 SPACE = """\
@@ -75,18 +75,6 @@ def start_tune(project, *args, log):
 
 def study_report(project, study):
     return json.loads((project / "results/tune" / f"{study}.json").read_text())
-
-
-def experiments(project):
-    """{experiment name: (params.yaml data, results/split/metrics.json data)} from `dvc exp show --json`."""
-    found = {}
-    for baseline in json.loads(dvc("exp", "show", "--json", cwd=project).stdout):
-        for experiment in baseline.get("experiments") or []:
-            for rev in experiment["revs"]:
-                data = rev["data"]
-                found[rev["name"]] = (data["params"]["params.yaml"]["data"],
-                                      data["metrics"]["results/split/metrics.json"]["data"])
-    return found
 
 
 def by_state(report, state):
@@ -160,7 +148,7 @@ def test_a_study_runs_folds_as_experiments_survives_a_failure_and_resumes_after_
     assert report["trials"][0]["params"] == {"split.seed": 42, "split.conflicting_labels": "relevant"}
 
     # 3 trials x 2 folds: 6 experiments, each trial's value the mean of its folds' own metric.
-    shown = experiments(project)
+    shown = dvc_experiments(project, "results/split/metrics.json")
     assert sorted(shown) == sorted(f"cv-{t['number']}-{fold}" for t in complete for fold in (0, 1))
     fold_values = []
     for trial in complete:
@@ -204,7 +192,7 @@ def test_a_study_runs_folds_as_experiments_survives_a_failure_and_resumes_after_
     assert len(by_state(report, "COMPLETE")) == 4
     # Every experiment in the repository is one that a trial lists, and every listed one is there.
     listed = [name for t in report["trials"] for name in t["experiments"]]
-    assert sorted(experiments(project)) == sorted(listed) and len(listed) == len(set(listed))
+    assert sorted(dvc_experiments(project, "results/split/metrics.json")) == sorted(listed) and len(listed) == len(set(listed))
     # With the study complete, a rerun runs nothing and writes the report again.
     (project / "results/tune/cv.json").unlink()
     assert "Running stage" not in tune(project, "--trials", "4", *common).stdout
@@ -295,7 +283,7 @@ def test_two_workers_in_two_clones_share_one_postgresql_study(tmp_path, csv_path
     report = study_report(first, "shared")
     assert [(t["number"], t["state"]) for t in report["trials"]] == [(n, "COMPLETE") for n in range(4)]
     # No trial lost or repeated: each trial's one experiment is in the clone that ran it, and only there.
-    ran = {first.resolve(): set(experiments(first)), second.resolve(): set(experiments(second))}
+    ran = {clone.resolve(): set(dvc_experiments(clone, "results/split/metrics.json")) for clone in (first, second)}
     assert not ran[first.resolve()] & ran[second.resolve()]
     assert ran[first.resolve()] | ran[second.resolve()] == {f"shared-{n}" for n in range(4)}
     for trial in report["trials"]:
