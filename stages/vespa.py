@@ -20,7 +20,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 
 from stages.common import StageError, atomic_paths, cpu_description, load_params, run, sample_queries, write_json
 
@@ -147,6 +146,8 @@ def main():
     params, max_length = load_params("vespa"), load_params("encode")["max_length"]
     check_params(params, max_length)
 
+    import onnxruntime
+
     from stages.vespa_hits import covering_length, length_counts, vespa_tokenizer
 
     models_dir, model_file = args.models_dir, params["model"]
@@ -169,11 +170,12 @@ def main():
         val_pairs = sample_queries(args.split_dir / "val.csv", params["eval_pairs"], "vespa.eval_pairs")
         files, threads = measure(models_dir, val_pairs, tokenizer, length, cls_sep, params)
         served = next(name for name, file in MODEL_FILES.items() if file == model_file)
+        machine = cpu_description()
         write_json(metrics_path, {
             "servable": True, "max_length": length, "pairs_within_max_length": float(held), "val_pairs_cut": val_cut,
             "served": served, **files, "rerank_count": params["rerank_count"], "pairs": len(val_pairs),
             "queries": int(val_pairs["query"].nunique()),
-            "machine": {**cpu_description(), "intraop_threads": threads, "onnxruntime": _onnxruntime_version()}})
+            "machine": {**machine, "intraop_threads": threads, "onnxruntime": onnxruntime.__version__}})
 
     features = "tokenInputIds" if cls_sep == (VESPA_CLS, VESPA_SEP) else "customTokenInputIds"
     rule = (f"the shortest multiple of 8 holding vespa.length_coverage={params['length_coverage']}"
@@ -183,20 +185,14 @@ def main():
           f"{held:.1%} of the training and validation pairs; Vespa cuts {val_cut} of {int(counts['val'].sum())} "
           f"validation pairs")
     if val_cut:
-        print(f"vespa: a pair longer than L is cut at L, final SEP included, where the scorer shortens the longer text "
-              f"and keeps both SEPs, so those pairs score differently in Vespa than in evaluate")
+        print("vespa: a pair longer than L is cut at L, final SEP included, where the scorer shortens the longer text "
+              "and keeps both SEPs, so those pairs score differently in Vespa than in evaluate")
     for name, file in MODEL_FILES.items():
         print(f"vespa: {file}{' (served)' if name == served else ''}: {files[name]['ms_per_hit']:.2f} ms per hit "
               f"(p99 {files[name]['ms_per_hit_p99']:.2f}), {files[name]['cpu_ms_per_query']:.0f} ms of CPU per query, "
               f"nDCG@10 {_text(files[name]['ndcg@10'])} on Vespa's inputs")
     print(f"vespa: the scorer's float32 nDCG@10 on the same {len(val_pairs)} pairs: {_text(files['evaluate_fp32']['ndcg@10'])}; "
-          f"timed at batch 1, {threads} intra-op thread(s), on {cpu_description()['cpu']} ({cpu_description()['isa']})")
-
-
-def _onnxruntime_version():
-    import onnxruntime
-
-    return onnxruntime.__version__
+          f"timed at batch 1, {threads} intra-op thread(s), on {machine['cpu']} ({machine['isa']})")
 
 
 def _text(value):
