@@ -20,7 +20,6 @@ import json
 import shutil
 from pathlib import Path
 
-
 from stages.common import StageError, atomic_paths, cpu_description, load_params, run, sample_queries, write_json
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
@@ -101,10 +100,11 @@ def check_params(params, max_length):
     for name in ("rerank_count", "timed_hits", "eval_pairs"):
         if not isinstance(params[name], int) or params[name] < 1:
             raise StageError(f"vespa.{name}={params[name]}: expected a positive integer")
-    for name in ("intraop_threads", "gpu_device"):
-        if params[name] is not None and (not isinstance(params[name], int) or params[name] < (name == "intraop_threads")):
-            raise StageError(f"vespa.{name}={params[name]}: expected null (Vespa's default) or "
-                             f"{'a positive' if name == 'intraop_threads' else 'a GPU number, 0 or more, as an'} integer")
+    # Vespa's onnx-model settings: null leaves Vespa's default; else the lowest value each takes.
+    for name, (lowest, expected) in {"intraop_threads": (1, "a positive integer"),
+                                     "gpu_device": (0, "a GPU number, 0 or more, as an integer")}.items():
+        if params[name] is not None and (not isinstance(params[name], int) or params[name] < lowest):
+            raise StageError(f"vespa.{name}={params[name]}: expected null (Vespa's default) or {expected}")
     if params["max_length"] != "auto" and not (isinstance(params["max_length"], int) and 3 <= params["max_length"] <= max_length):
         raise StageError(f"vespa.max_length={params['max_length']}: expected auto or an integer from 3 to "
                          f"encode.max_length={max_length}")
@@ -112,7 +112,7 @@ def check_params(params, max_length):
         raise StageError(f"vespa.length_coverage={params['length_coverage']}: expected a share above 0 and at most 1")
 
 
-def measure(models_dir, val_pairs, tokenizer, length, cls_sep, params):
+def measure(models_dir, metadata, val_pairs, tokenizer, length, cls_sep, params):
     """Each ONNX file's cost per hit and ranking metrics at L, one hit at a time on Vespa's inputs,
     beside the float32 scorer's metrics (what evaluate runs) on the same pairs."""
     import pandas as pd
@@ -121,7 +121,6 @@ def measure(models_dir, val_pairs, tokenizer, length, cls_sep, params):
     from stages.metrics import metrics_by_scorer
     from stages.vespa_hits import cost, hit_feeds, hit_session, score_hits
 
-    metadata = json.loads((models_dir / "metadata.json").read_text(encoding="utf-8"))
     queries, titles = val_pairs["query"].tolist(), val_pairs["title"].tolist()
     feeds = hit_feeds(tokenizer, queries, titles, length, *cls_sep, metadata["inputs"])
     threads = params["intraop_threads"] or 1
@@ -168,7 +167,7 @@ def main():
         held, val_cut = both[:length + 1].sum() / both.sum(), int(counts["val"][length + 1:].sum())
         write_package(models_dir, package_dir, model_file, length, params, *cls_sep)
         val_pairs = sample_queries(args.split_dir / "val.csv", params["eval_pairs"], "vespa.eval_pairs")
-        files, threads = measure(models_dir, val_pairs, tokenizer, length, cls_sep, params)
+        files, threads = measure(models_dir, metadata, val_pairs, tokenizer, length, cls_sep, params)
         served = next(name for name, file in MODEL_FILES.items() if file == model_file)
         machine = cpu_description()
         write_json(metrics_path, {
