@@ -34,7 +34,7 @@ import yaml
 
 from bench.memory import cpu
 from bench.report import save, table
-from bench.synthetic import PROJECT_ROOT, realistic_pairs
+from bench.synthetic import PROJECT_ROOT, realistic_pairs, write_rows
 
 CORD19_SAMPLE = PROJECT_ROOT.parent / "shared/data/cord19-sample.csv"  # real pairs beside the checkout, if there
 DEFAULT_ARCHITECTURE = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "intermediate_size": 2048}
@@ -42,15 +42,9 @@ DEFAULT_ARCHITECTURE = {"hidden_size": 512, "num_hidden_layers": 4, "num_attenti
 
 def write_split(folder, seed_train=1, seed_val=2, queries=50, titles=20):
     """data/split/{train,val}.csv of the benchmarks' realistic pairs (val as bench.int8 validates)."""
-    import csv
-
+    folder.mkdir(parents=True, exist_ok=True)
     for name, (count, per_query, seed) in {"train": (400, 4, seed_train), "val": (queries, titles, seed_val)}.items():
-        path = folder / f"{name}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["query", "title", "label"])
-            writer.writerows(zip(*realistic_pairs(count, per_query, seed=seed)))
+        write_rows(folder / f"{name}.csv", zip(*realistic_pairs(count, per_query, seed=seed)))
 
 
 def write_models(model, tokenizer, models_dir, per_token):
