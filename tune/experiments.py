@@ -251,7 +251,7 @@ def read_metric(project, rev, path, key):
         text = project.read_file(rev, path)
     except FileNotFoundError as err:
         return None, str(err), True
-    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    data = parse_metrics(text, path)
     value = data
     for part in key.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -260,6 +260,11 @@ def read_metric(project, rev, path, key):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, f"{key} is {json.dumps(value)} in {path}, not a number", False
     return float(value), None, False
+
+
+def parse_metrics(text, path):
+    """A metrics file's content: JSON for .json, else YAML, as DVC reads them."""
+    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
 
 
 def missing_key(key, path, data):

@@ -9,7 +9,6 @@ experiments (docs/tuning.md).
 larger N) continues the study up to N, and with N already reached only writes the report.
 """
 import argparse
-import json
 import os
 import re
 import signal
@@ -21,8 +20,6 @@ import threading
 import time
 import warnings
 from pathlib import Path
-
-import yaml
 
 from tune import experiments, report, space as search_space, storage as storages
 from tune.errors import TuneError
@@ -90,8 +87,7 @@ def parse_metric(text, project):
     workspace_copy = project.root / file
     if workspace_copy.is_file():
         try:
-            content = workspace_copy.read_text(encoding="utf-8")
-            data = json.loads(content) if file.endswith(".json") else yaml.safe_load(content)
+            data = experiments.parse_metrics(workspace_copy.read_text(encoding="utf-8"), file)
         except ValueError:
             data = None
         if isinstance(data, dict) and key not in experiments.flat_keys(data):
