@@ -1,17 +1,19 @@
-"""Run a command and measure its peak memory over its whole process tree, as the kernel counts it;
-and say what CPU measured it (cpu()), since CPUs differ between this project's machines.
+"""How the benchmarks measure: a function's median wall time (median_time); a command's time and peak
+memory over its whole process tree, as the kernel counts it (measure); and what CPU measured it (cpu()),
+since CPUs differ between this project's machines.
 
-Peak anonymous memory (RssAnon summed over the tree, sampled every 20 ms) is what can run a
-machine out of memory; memory-mapped files and the page cache, which the kernel can drop, are not
-in it. Peak RSS (VmRSS summed) is reported beside it.
+Peak anonymous memory (resident less file-backed and shared pages, summed over the tree, sampled every
+20 ms) is what can run a machine out of memory; memory-mapped files and the page cache, which the kernel
+can drop, are not in it. Peak RSS is reported beside it.
 
     python -m bench.memory -- python -m stages.split data/raw/pairs.csv data/split results/split/metrics.json
 """
-import os
+import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+import psutil
 
 from stages.common import cpu_description
 
@@ -22,27 +24,26 @@ def cpu():
     return f"{machine['cpu']}, {machine['cores']} cores, {machine['isa']}"
 
 
-def status_kib(pid, field):
+def median_time(run, repeats):
+    """Median wall time of `repeats` calls of run() after one warm-up call; also the last result."""
+    run()
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def tree_memory(pid):
+    """(anonymous, resident) bytes summed over the process `pid` and its descendants; anonymous is statm's
+    resident less its shared pages (file-backed and shmem), the RssAnon of /proc/PID/status."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
-def process_tree(pid):
-    tree, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        tree.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                pending += [int(child) for child in (task / "children").read_text().split()]
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-    return tree
+        root = psutil.Process(pid)
+        memories = [process.memory_info() for process in (root, *root.children(recursive=True))]
+    except psutil.Error:  # a process ended while being read: this sample is skipped
+        return 0, 0
+    return sum(m.rss - m.shared for m in memories), sum(m.rss for m in memories)
 
 
 def measure(command, cwd=None, env=None, interval=0.02, **popen):
@@ -51,12 +52,10 @@ def measure(command, cwd=None, env=None, interval=0.02, **popen):
     process = subprocess.Popen(command, cwd=cwd, env=env, **popen)
     peak_anon = peak_rss = 0
     while process.poll() is None:
-        tree = process_tree(process.pid)
-        peak_anon = max(peak_anon, sum(status_kib(pid, "RssAnon") for pid in tree))
-        peak_rss = max(peak_rss, sum(status_kib(pid, "VmRSS") for pid in tree))
+        anon, rss = tree_memory(process.pid)
+        peak_anon, peak_rss = max(peak_anon, anon), max(peak_rss, rss)
         time.sleep(interval)
-    seconds = time.perf_counter() - start
-    return process, seconds, peak_anon / 1024, peak_rss / 1024
+    return process, time.perf_counter() - start, peak_anon / 2**20, peak_rss / 2**20
 
 
 if __name__ == "__main__":

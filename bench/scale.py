@@ -47,12 +47,9 @@ def run_size(rows, scratch):
 
 def bytes_per_row(results, sizes):
     """Growth of each stage's peak anonymous memory per added row, between consecutive sizes."""
-    growth = {}
-    for small, large in zip(sizes, sizes[1:]):
-        growth[f"{small}-{large}"] = {
-            name: round((results[large][name]["peak_anon_mib"] - results[small][name]["peak_anon_mib"]) * 2**20 /
-                        (large - small)) for name in results[small]}
-    return growth
+    return {f"{small}-{large}": {name: round((results[large][name]["peak_anon_mib"] - results[small][name]["peak_anon_mib"])
+                                             * 2**20 / (large - small)) for name in results[small]}
+            for small, large in zip(sizes, sizes[1:])}
 
 
 def markdown(results, growth, sizes, machine):
