@@ -1,5 +1,7 @@
 """train: fine-tune the pretrained model as a (query, title) relevance classifier with the
-transformers Trainer, logging the training and validation loss per epoch with dvclive.
+transformers Trainer, logging per epoch with dvclive the training and validation loss and the
+validation ranking metrics (nDCG@10, MRR@10, MAP, precision@5 of the PyTorch model's P(relevant),
+grouped by query as evaluate groups them); results/train/metrics.json holds the last epoch's.
 
 Runs on CPU or one GPU as is (one GPU even when the host has several). With train.gpus: N > 1
 it starts itself under torchrun, one process per GPU (the Trainer's distributed data parallel);
@@ -33,7 +35,7 @@ def main():
     parser.add_argument("model_dir", type=Path, help="output: fine-tuned model and tokenizer (models/finetuned)")
     parser.add_argument("checkpoints", type=Path, help="output kept between runs: the Trainer's checkpoints, "
                         "empty after a completed run (models/checkpoints)")
-    parser.add_argument("results_dir", type=Path, help="output: dvclive training log and loss curves (results/train)")
+    parser.add_argument("results_dir", type=Path, help="output: dvclive's metrics.json (the last epoch's) and per-epoch curves (results/train)")
     args = parser.parse_args()
     params = load_params("train")
     device_flags(params["precision"])  # refuse a bad train.precision before launching anything

@@ -1,6 +1,7 @@
 """How the train stage trains: the Trainer's arguments from params.yaml, the Trainer itself
 (tokenized pairs, or cached features for a frozen base), and resumable checkpoints. Shared by
 stages/train.py and the benchmark, so both measure and run the same thing."""
+import functools
 import hashlib
 import json
 import os
@@ -96,13 +97,37 @@ def device_flags(precision):
             "dataloader_pin_memory": gpu}
 
 
-def compute_metrics(eval_pred):
-    """Per-epoch validation metrics for the training curves; the evaluate stage measures the exported model."""
+def compute_metrics(eval_pred, queries=None):
+    """Per-epoch validation metrics: accuracy and F1 at the argmax, and, given each pair's query (its
+    hash, as evaluate keeps it), evaluate's ranking metrics (nDCG@10, ...) of the PyTorch model's
+    P(relevant) per query, the same function on the same grouping as evaluate's fp32 ones. Undefined
+    ones (no query with a relevant title) are left out: the Trainer logs numbers only."""
     from sklearn.metrics import accuracy_score, f1_score
+
+    from scorer import relevance_probability
+    from stages.metrics import ranking_metrics
 
     logits, labels = eval_pred
     predictions = (logits[:, 0] > 0).astype(int) if logits.shape[1] == 1 else logits.argmax(axis=-1)
-    return {"accuracy": accuracy_score(labels, predictions), "f1": f1_score(labels, predictions, zero_division=0.0)}
+    metrics = {"accuracy": accuracy_score(labels, predictions), "f1": f1_score(labels, predictions, zero_division=0.0)}
+    if queries is not None:
+        one_logit = logits.shape[1] == 1
+        scores = relevance_probability(logits.astype("float64"), {"labels": list(LABELS_FOR[logits.shape[1]]),
+                                                                  "probability": "sigmoid" if one_logit else "softmax"})
+        ranking = ranking_metrics(queries, labels, scores)
+        metrics.update({name: value for name, value in ranking.items() if value is not None})
+    return metrics
+
+
+def query_hashes(dataset, batch_size=10_000):
+    """Each pair's query as a 64-bit hash (evaluate's grouping), read from the dataset's query column
+    a batch at a time: 8 bytes a pair in memory, not the text."""
+    import numpy as np
+    import pandas as pd
+
+    hashes = [pd.util.hash_pandas_object(pd.Series(batch["query"], dtype=object), index=False).to_numpy()
+              for batch in dataset.select_columns(["query"]).iter(batch_size=batch_size)]
+    return np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
 
 
 def one_logit_loss(outputs, labels, num_items_in_batch=None):
@@ -191,9 +216,16 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, fe
     else:
         trained, collator, train_inputs, val_inputs = model, DataCollatorWithPadding(tokenizer), train_set, val_set
     trainer = Trainer(model=trained, args=training_args, train_dataset=train_inputs, eval_dataset=val_inputs,
-                      processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
+                      processing_class=tokenizer, data_collator=collator,
                       compute_loss_func=one_logit_loss if model.config.num_labels == 1 else None,
                       callbacks=list(callbacks))
+    # The predictions come in the eval sampler's order: with train_sampling_strategy group_by_length,
+    # transformers 5.24 groups the validation pairs by length too (a seeded, so fixed, permutation).
+    queries = query_hashes(val_set)
+    order = trainer._get_eval_sampler(val_inputs)
+    if order is not None:
+        queries = queries[np.fromiter(iter(order), dtype=np.int64)]
+    trainer.compute_metrics = functools.partial(compute_metrics, queries=queries)
     return trainer, val_inputs
 
 

@@ -98,3 +98,23 @@ def test_run_fingerprint_changes_with_params_and_data(tmp_path):
     assert first != run_fingerprint({"learning_rate": 5e-4}, [data])
     data.write_bytes(b"other pairs")
     assert first != run_fingerprint({"learning_rate": 1e-3}, [data])
+
+
+def test_train_ranks_the_validation_pairs_per_epoch_as_evaluate_ranks_the_exported_model(reproduced_project):
+    """Train's nDCG@10 (the PyTorch model, queries grouped from the encoded validation set) and
+    evaluate's fp32 one (the ONNX export, queries from val.csv) on the same pairs: the same function
+    on the same grouping, so they differ only by the export's float error (export.atol on logits)."""
+    import csv
+    import json
+
+    project = reproduced_project
+    train = json.loads((project / "results/train/metrics.json").read_text())["eval"]
+    fp32 = json.loads((project / "results/eval/metrics.json").read_text())["fp32"]
+    assert train["queries_ranked"] == fp32["queries_ranked"] and train["queries_ranked"] > 1
+    assert abs(train["ndcg@10"] - fp32["ndcg@10"]) <= 1e-3, (train, fp32)
+    assert abs(train["mrr@10"] - fp32["mrr@10"]) <= 1e-3
+    with open(project / "results/train/plots/metrics/eval/ndcg@10.tsv", newline="") as f:
+        curve = [float(row["ndcg@10"]) for row in csv.DictReader(f, delimiter="\t")]
+    epochs = json.loads((project / "results/train/metrics.json").read_text())["epoch"]
+    assert len(curve) == epochs, "one value per epoch"
+    assert curve[-1] == train["ndcg@10"] and len(set(curve)) > 1
