@@ -30,8 +30,11 @@ def quantize(onnx_path, int8_path, params):
     # The exporter's recorded intermediate shapes trip onnxruntime < 1.32's re-inference ("Inferred
     # shape and existing shape differ"); quantize_dynamic infers them again anyway.
     del model.graph.value_info[:]
+    # DefaultTensorType: the outputs of onnxruntime's fused ops (com.microsoft, in the vespa stage's fused
+    # graph) have no ONNX shape inference; they are float32. A graph of standard ops never needs it.
     quantize_dynamic(model, int8_path, weight_type=QuantType.QInt8, per_channel=params["per_channel"],
-                     reduce_range=params["reduce_range"], op_types_to_quantize=list(params["op_types"]))
+                     reduce_range=params["reduce_range"], op_types_to_quantize=list(params["op_types"]),
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     if params["per_token"]:
         from stages.per_token import opset_of, per_token_activations
 

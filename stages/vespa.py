@@ -10,19 +10,27 @@ L is vespa.max_length, or with `auto` the shortest multiple of 8 that holds vesp
 of the training and validation pairs. A model whose tokenizer joins a pair otherwise (RoBERTa's
 double separator) gets a one-line reason, NOT_SERVABLE.txt, instead of a package.
 
-results/vespa/metrics.json: milliseconds per hit (median, p99) and CPU milliseconds per query of
-each ONNX file at L, batch 1, as Vespa runs them on this machine; and the ranking metrics of each
-on the inputs Vespa builds, one hit at a time, beside the scorer's float32 ones (evaluate's) on the
-same pairs.
+The package's file is vespa.model: one of the candidates of stages/vespa_files.py (model.onnx,
+model.int8.onnx, and files built here for Vespa's shape: per-tensor int8, a fused graph), or with
+`auto` the cheapest per hit of those that rank the validation pairs as model.onnx does (nDCG@10 and
+ROC-AUC at most vespa.max_ranking_drop below) and score deterministically (a hit scored again in a
+fresh session, at 1 and at 4 intra-op threads, gives the same logits).
+
+results/vespa/metrics.json: for each candidate, milliseconds per hit (median, p99) and CPU
+milliseconds per query at L, batch 1, as Vespa runs it on this machine, GFLOP per hit, and the
+ranking metrics on the inputs Vespa builds, one hit at a time; the served file's figures again under
+`served`; the scorer's float32 metrics (evaluate's) on the same pairs.
 """
 import argparse
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from stages.common import StageError, atomic_paths, cpu_description, load_params, run, sample_queries, write_json
+from stages.vespa_files import FILES, UNFUSED, build_candidates, gflop_per_hit
 
-MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+RANKING_CHECKS = ("ndcg@10", "roc_auc")  # a candidate ranks as model.onnx does when neither drops more than allowed
 # Vespa's tokenInputIds hard-codes these: [CLS] and [SEP] of the bert-base-uncased vocabulary.
 VESPA_CLS, VESPA_SEP = 101, 102
 QUERY, TITLE = "query(q_tokens)", "attribute(title_tokens)"
@@ -67,7 +75,7 @@ def rank_profile(metadata, length, cls, sep, rerank_count):
                        summary_features=["firstPhase"])
 
 
-def write_package(models_dir, package_dir, model_file, length, params, cls, sep):
+def write_package(models_dir, package_dir, model_path, length, params, cls, sep):
     from vespa.package import (ApplicationPackage, Component, Document, Field, FieldSet, OnnxModel, Parameter,
                                Schema)
 
@@ -77,7 +85,7 @@ def write_package(models_dir, package_dir, model_file, length, params, cls, sep)
     schema.add_fields(Field(name="title_tokens", type=f"tensor<float>(d0[{length}])",
                             indexing=["input title", "embed tokenizer", "attribute"], is_document_field=False))
     schema.add_field_set(FieldSet(name="default", fields=["title"]))
-    schema.add_model(OnnxModel(model_name="relevance", model_file_path=str(models_dir / model_file),
+    schema.add_model(OnnxModel(model_name="relevance", model_file_path=str(model_path),
                                inputs={name: name for name in metadata["inputs"]}, outputs={"logits": "logits"}))
     schema.add_rank_profile(rank_profile(metadata, length, cls, sep, params["rerank_count"]))
     tokenizer = Component(id="tokenizer", type="hugging-face-tokenizer",
@@ -95,9 +103,9 @@ def write_package(models_dir, package_dir, model_file, length, params, cls, sep)
 
 
 def check_params(params, max_length):
-    if params["model"] not in MODEL_FILES.values():
-        raise StageError(f"vespa.model={params['model']}: expected one of {', '.join(MODEL_FILES.values())}")
-    for name in ("rerank_count", "timed_hits", "eval_pairs"):
+    if params["model"] not in ("auto", *FILES.values()):
+        raise StageError(f"vespa.model={params['model']}: expected auto or one of {', '.join(FILES.values())}")
+    for name in ("rerank_count", "timed_hits", "eval_pairs", "rerun_hits"):
         if not isinstance(params[name], int) or params[name] < 1:
             raise StageError(f"vespa.{name}={params[name]}: expected a positive integer")
     # Vespa's onnx-model settings: null leaves Vespa's default; else the lowest value each takes.
@@ -110,29 +118,63 @@ def check_params(params, max_length):
                          f"encode.max_length={max_length}")
     if not (isinstance(params["length_coverage"], (int, float)) and 0 < params["length_coverage"] <= 1):
         raise StageError(f"vespa.length_coverage={params['length_coverage']}: expected a share above 0 and at most 1")
+    if not (isinstance(params["max_ranking_drop"], (int, float)) and params["max_ranking_drop"] >= 0):
+        raise StageError(f"vespa.max_ranking_drop={params['max_ranking_drop']}: expected a number, 0 or more")
 
 
-def measure(models_dir, metadata, val_pairs, tokenizer, length, cls_sep, params):
-    """Each ONNX file's cost per hit and ranking metrics at L, one hit at a time on Vespa's inputs,
-    beside the float32 scorer's metrics (what evaluate runs) on the same pairs."""
+def measure(paths, metadata, val_pairs, tokenizer, length, cls_sep, params):
+    """Each candidate file's cost per hit and ranking metrics at L, one hit at a time on Vespa's
+    inputs, and the largest change of its logits scored again (rerun_change); beside the float32
+    scorer's metrics (what evaluate runs) on the same pairs."""
     import pandas as pd
 
     from scorer import RelevanceScorer, relevance_probability
     from stages.metrics import metrics_by_scorer
-    from stages.vespa_hits import cost, hit_feeds, hit_session, score_hits
+    from stages.vespa_hits import cost, hit_feeds, hit_session, rerun_change, score_hits
 
     queries, titles = val_pairs["query"].tolist(), val_pairs["title"].tolist()
     feeds = hit_feeds(tokenizer, queries, titles, length, *cls_sep, metadata["inputs"])
     threads = params["intraop_threads"] or 1
+    gflop = gflop_per_hit(paths["fp32"], length)  # the same products in every candidate
     costs, scores = {}, {}
-    for name, model_file in MODEL_FILES.items():
-        logits, milliseconds = score_hits(hit_session(models_dir / model_file, threads), feeds, metadata["output"],
-                                          params["timed_hits"])
-        costs[name], scores[name] = cost(milliseconds, threads, params["rerank_count"]), relevance_probability(logits, metadata)
-    scores["evaluate_fp32"] = RelevanceScorer(models_dir / MODEL_FILES["fp32"]).scores(queries, titles)
+    for name, path in paths.items():
+        logits, milliseconds = score_hits(hit_session(path, threads), feeds, metadata["output"], params["timed_hits"])
+        costs[name] = {"file": FILES[name], **cost(milliseconds, threads, params["rerank_count"]), "gflop_per_hit": gflop,
+                       "rerun_logit_change": rerun_change(path, feeds[:params["rerun_hits"]], metadata["output"], logits)}
+        scores[name] = relevance_probability(logits, metadata)
+    scores["evaluate_fp32"] = RelevanceScorer(paths["fp32"]).scores(queries, titles)
     query_ids = pd.util.hash_pandas_object(val_pairs["query"], index=False).to_numpy()
     ranking = metrics_by_scorer(query_ids, val_pairs["label"].to_numpy(), scores, "vespa")
     return {name: {**costs.get(name, {}), **ranking[name]} for name in scores}, threads
+
+
+def refusals(files, max_drop):
+    """{candidate: why it may not be chosen by auto}, [] for each that may: nDCG@10 or ROC-AUC more
+    than `max_drop` below model.onnx's on Vespa's inputs, or logits that change when scored again."""
+    reasons = {}
+    for name in FILES:
+        if name not in files:
+            continue
+        file, reference = files[name], files["fp32"]
+        reasons[name] = [f"{metric} {_text(file[metric])} against model.onnx's {_text(reference[metric])}"
+                         for metric in RANKING_CHECKS if reference[metric] is not None
+                         and (file[metric] is None or reference[metric] - file[metric] > max_drop)]
+        if file["rerun_logit_change"]:
+            reasons[name].append(f"logits change by up to {file['rerun_logit_change']:.2g} when the hits are scored again")
+    return reasons
+
+
+def choose(files, reasons, model):
+    """The candidate to ship: with vespa.model=auto, the fewest milliseconds per hit among those
+    without a refusal; else the file vespa.model names (its unfused graph when no fusion matched)."""
+    if model != "auto":
+        name = next(name for name, file in FILES.items() if file == model)
+        return UNFUSED.get(name, name) if name not in files else name
+    allowed = [name for name in reasons if not reasons[name]]
+    if not allowed:
+        raise StageError("vespa.model=auto: no file ranks as model.onnx does and scores deterministically: "
+                         + "; ".join(f"{FILES[name]}: {', '.join(why)}" for name, why in reasons.items()))
+    return min(allowed, key=lambda name: files[name]["ms_per_hit"])
 
 
 def main():
@@ -149,7 +191,7 @@ def main():
 
     from stages.vespa_hits import covering_length, length_counts, vespa_tokenizer
 
-    models_dir, model_file = args.models_dir, params["model"]
+    models_dir = args.models_dir
     metadata = json.loads((models_dir / "metadata.json").read_text(encoding="utf-8"))
     tokenizer = vespa_tokenizer(models_dir / "tokenizer.json")
     cls_sep, reason = separators(tokenizer, metadata["inputs"])
@@ -165,33 +207,54 @@ def main():
         length = (covering_length(both, params["length_coverage"], max_length) if params["max_length"] == "auto"
                   else params["max_length"])
         held, val_cut = both[:length + 1].sum() / both.sum(), int(counts["val"][length + 1:].sum())
-        write_package(models_dir, package_dir, model_file, length, params, *cls_sep)
         val_pairs = sample_queries(args.split_dir / "val.csv", params["eval_pairs"], "vespa.eval_pairs")
-        files, threads = measure(models_dir, metadata, val_pairs, tokenizer, length, cls_sep, params)
-        served = next(name for name, file in MODEL_FILES.items() if file == model_file)
+        with tempfile.TemporaryDirectory(dir=package_dir.parent) as built:
+            paths, fused_ops = build_candidates(models_dir, Path(built), load_params("quantize"))
+            files, threads = measure(paths, metadata, val_pairs, tokenizer, length, cls_sep, params)
+            reasons = refusals(files, params["max_ranking_drop"])
+            served = choose(files, reasons, params["model"])
+            write_package(models_dir, package_dir, paths[served], length, params, *cls_sep)
+        for name in reasons:
+            files[name]["passes_checks"] = not reasons[name]
         machine = cpu_description()
         write_json(metrics_path, {
             "servable": True, "max_length": length, "pairs_within_max_length": float(held), "val_pairs_cut": val_cut,
-            "served": served, **files, "rerank_count": params["rerank_count"], "pairs": len(val_pairs),
-            "queries": int(val_pairs["query"].nunique()),
+            **files, "served": files[served], "fused_ops": fused_ops or None, "rerank_count": params["rerank_count"],
+            "pairs": len(val_pairs), "queries": int(val_pairs["query"].nunique()),
             "machine": {**machine, "intraop_threads": threads, "onnxruntime": onnxruntime.__version__}})
 
     features = "tokenInputIds" if cls_sep == (VESPA_CLS, VESPA_SEP) else "customTokenInputIds"
     rule = (f"the shortest multiple of 8 holding vespa.length_coverage={params['length_coverage']}"
             if params["max_length"] == "auto" else "vespa.max_length")
-    print(f"vespa: {args.package_dir}: BM25, then {model_file} on the top {params['rerank_count']} hits; inputs built "
-          f"by {features} (CLS {cls_sep[0]}, SEP {cls_sep[1]}) at L = {length} tokens ({rule}), which holds "
+    chosen = ("the cheapest that ranks as model.onnx does and scores deterministically" if params["model"] == "auto"
+              else "vespa.model")
+    print(f"vespa: {args.package_dir}: BM25, then {FILES[served]} ({chosen}) on the top {params['rerank_count']} hits; "
+          f"inputs built by {features} (CLS {cls_sep[0]}, SEP {cls_sep[1]}) at L = {length} tokens ({rule}), which holds "
           f"{held:.1%} of the training and validation pairs; Vespa cuts {val_cut} of {int(counts['val'].sum())} "
           f"validation pairs")
     if val_cut:
         print("vespa: a pair longer than L is cut at L, final SEP included, where the scorer shortens the longer text "
               "and keeps both SEPs, so those pairs score differently in Vespa than in evaluate")
-    for name, file in MODEL_FILES.items():
-        print(f"vespa: {file}{' (served)' if name == served else ''}: {files[name]['ms_per_hit']:.2f} ms per hit "
-              f"(p99 {files[name]['ms_per_hit_p99']:.2f}), {files[name]['cpu_ms_per_query']:.0f} ms of CPU per query, "
-              f"nDCG@10 {_text(files[name]['ndcg@10'])} on Vespa's inputs")
-    print(f"vespa: the scorer's float32 nDCG@10 on the same {len(val_pairs)} pairs: {_text(files['evaluate_fp32']['ndcg@10'])}; "
-          f"timed at batch 1, {threads} intra-op thread(s), on {machine['cpu']} ({machine['isa']})")
+    if fused_ops:
+        print("vespa: onnxscript's fusions, stopped at MultiHeadAttention, wrote "
+              + ", ".join(f"{count} {op}" for op, count in fused_ops.items()))
+    else:
+        print("vespa: no onnxscript fusion matched this model's graph: it is left as it is, and the fused files are "
+              "not built")
+    if params["model"] != "auto" and FILES[served] != params["model"]:
+        print(f"vespa: {params['model']} is {FILES[served]} here, unfused")
+    for name in reasons:
+        file = files[name]
+        verdict = "; ".join(reasons[name]) or "ranks as model.onnx does, deterministic"
+        print(f"vespa: {file['file']}{' (served)' if name == served else ''}: {file['ms_per_hit']:.2f} ms per hit "
+              f"(p99 {file['ms_per_hit_p99']:.2f}), {file['cpu_ms_per_query']:.0f} ms of CPU per query, nDCG@10 "
+              f"{_text(file['ndcg@10'])}, ROC-AUC {_text(file['roc_auc'])} on Vespa's inputs; {verdict}")
+    if reasons[served]:
+        print(f"vespa: warning: vespa.model={params['model']} ships a file that {'; '.join(reasons[served])}")
+    gflop = files["fp32"]["gflop_per_hit"]
+    print(f"vespa: {'an unknown count of' if gflop is None else f'{gflop:.3g}'} GFLOP per hit; the scorer's float32 nDCG@10 on the same "
+          f"{len(val_pairs)} pairs: {_text(files['evaluate_fp32']['ndcg@10'])}; timed at batch 1, {threads} intra-op "
+          f"thread(s), on {machine['cpu']} ({machine['isa']})")
 
 
 def _text(value):

@@ -16,6 +16,7 @@ from stages.common import read_pairs
 
 LENGTH_STEP = 8  # L is a multiple of 8: the kernels' vector widths, and a round number in a schema
 WARMUP_HITS = 10  # runs before the timed ones: allocations and kernel selection happen there
+RERUN_THREADS = (1, 4)  # a hit scored again at these intra-op threads: ceil(vCPU/4) on a 4- and a 16-vCPU node
 
 
 def vespa_tokenizer(tokenizer_path):
@@ -108,6 +109,17 @@ def score_hits(session, feeds, output, timed_runs):
         if run < len(feeds):
             logits.append(result[0])
     return np.array(logits), milliseconds
+
+
+def rerun_change(onnx_path, feeds, output, logits):
+    """The largest change of a hit's logits when `feeds` are scored again, each in a fresh session
+    at every count of RERUN_THREADS intra-op threads: 0 when the file scores deterministically."""
+    change = 0.0
+    for threads in RERUN_THREADS:
+        session = hit_session(onnx_path, threads)
+        again = np.array([session.run([output], feed)[0][0] for feed in feeds])
+        change = max(change, float(np.abs(again - logits[:len(feeds)]).max()))
+    return change
 
 
 def cost(milliseconds, threads, rerank_count):

@@ -1,6 +1,8 @@
 """vespa: the application package passes Vespa's own services.xml schemas, and the inputs Vespa's
 token features build from the embedded query and title score every pair that fits in L as the
 scorer does; a model whose pair template Vespa cannot build gets one line instead of a package.
+The package's file is the cheapest candidate that ranks as model.onnx does and scores
+deterministically; the fused graph scores as model.onnx does in every architecture it fuses.
 
 No Vespa engine runs here: its schema parser and the ranking itself are Java. stages.vespa's
 token_features re-implements Vespa's rank features from TokenTransformer.java."""
@@ -23,7 +25,8 @@ from stages.common import read_all_pairs
 from stages.metrics import relevance_metrics
 from stages.export import export_onnx, save_serving_tokenizer, write_metadata
 from stages.vespa import separators, write_package
-from stages.vespa_hits import covering_length, embed, token_features, vespa_tokenizer
+from stages.vespa_files import FILES, build_candidates, fuse_to_multi_head_attention
+from stages.vespa_hits import covering_length, embed, rerun_change, token_features, vespa_tokenizer
 from tests.conftest import run_cli, run_stages_in_process
 from tests.tiny import PROJECT_ROOT, TINY_MODELS, csv_texts
 
@@ -44,8 +47,6 @@ def test_the_pipelines_package_passes_vespas_services_schema(reproduced_project)
     assert sorted(str(p.relative_to(package)) for p in package.rglob("*") if p.is_file()) == [
         "files/relevance.onnx", "models/tokenizer.json", "schemas/doc.sd", "search/query-profiles/default.xml",
         "search/query-profiles/types/root.xml", "services.xml"]
-    # vespa.model: the int8 file, which quantize let through
-    assert (package / "files/relevance.onnx").read_bytes() == (reproduced_project / "models/model.int8.onnx").read_bytes()
     result = jing(package / "services.xml")
     assert result.returncode == 0 and not result.stdout, result.stdout
     services = (package / "services.xml").read_text()
@@ -85,11 +86,11 @@ def export_models_dir(model_dir, models_dir, example_pairs, length):
     return json.loads((models_dir / "metadata.json").read_text())
 
 
-def vespa_scores(models_dir, metadata, queries, titles, length, cls, sep):
+def vespa_scores(models_dir, metadata, queries, titles, length, cls, sep, onnx_path=None):
     """The model's P(relevant) on the inputs Vespa builds, one hit at a time as Vespa runs it, then
-    the global-phase expression."""
+    the global-phase expression; model.onnx or another file of the same model, `onnx_path`."""
     tokenizer = vespa_tokenizer(models_dir / "tokenizer.json")
-    session = onnxruntime.InferenceSession(str(models_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(onnx_path or models_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     relevant, scores = metadata["labels"].index("relevant"), []
     for query, title in zip(embed(tokenizer, queries, length), embed(tokenizer, titles, length)):
         features = token_features(query, title, length, cls, sep)
@@ -105,8 +106,10 @@ def vespa_scores(models_dir, metadata, queries, titles, length, cls, sep):
     ("cross-encoder", (2, 3), "customTokenInputIds(2, 3, {L}, "),
     ("modernbert", (1, 2), "customTokenInputIds(1, 2, {L}, "),
 ])
-def test_vespas_inputs_score_every_pair_that_fits_as_the_scorer_does(pairs_csv, tmp_path, monkeypatch, model, cls_sep,
-                                                                    feature):
+def test_vespas_inputs_score_every_pair_that_fits_as_the_scorer_does_fused_or_not(pairs_csv, tmp_path, monkeypatch, model,
+                                                                                 cls_sep, feature):
+    """And the graph fused at MultiHeadAttention scores every pair as model.onnx does, the same in
+    a fresh session at 1 and at 4 threads."""
     from transformers import AutoTokenizer
 
     monkeypatch.chdir(PROJECT_ROOT)  # metadata.json records params.yaml
@@ -121,7 +124,7 @@ def test_vespas_inputs_score_every_pair_that_fits_as_the_scorer_does(pairs_csv, 
 
     tokenizer = vespa_tokenizer(tmp_path / "models/tokenizer.json")
     assert separators(tokenizer, metadata["inputs"]) == (cls_sep, None)
-    write_package(tmp_path / "models", tmp_path / "package", "model.onnx", length,
+    write_package(tmp_path / "models", tmp_path / "package", tmp_path / "models/model.onnx", length,
                   {"rerank_count": 50, "intraop_threads": None, "gpu_device": None}, *cls_sep)
     schema = (tmp_path / "package/schemas/doc.sd").read_text()
     assert feature.format(L=length) + "query(q_tokens), attribute(title_tokens))" in schema
@@ -133,6 +136,15 @@ def test_vespas_inputs_score_every_pair_that_fits_as_the_scorer_does(pairs_csv, 
     actual = vespa_scores(tmp_path / "models", metadata, queries, titles, length, *cls_sep)
     np.testing.assert_allclose(actual[fits], expected[fits], atol=1e-4, rtol=0)
     assert np.ptp(expected[fits]) > 0.05, "the scores differ between pairs: the comparison can tell"
+
+    fused_ops = fuse_to_multi_head_attention(tmp_path / "models/model.onnx", tmp_path / "fused.onnx")
+    assert {"MultiHeadAttention", "SkipLayerNormalization"} <= set(fused_ops) and "Attention" not in fused_ops
+    fused = vespa_scores(tmp_path / "models", metadata, queries, titles, length, *cls_sep, onnx_path=tmp_path / "fused.onnx")
+    np.testing.assert_allclose(fused, actual, atol=1e-5, rtol=0)
+    feeds = [{name: np.array([token_features(q, t, length, *cls_sep)[name]]) for name in metadata["inputs"]}
+             for q, t in zip(embed(tokenizer, queries[:8], length), embed(tokenizer, titles[:8], length))]
+    logits = np.array([onnxruntime.InferenceSession(str(tmp_path / "fused.onnx")).run(["logits"], feed)[0][0] for feed in feeds])
+    assert rerun_change(tmp_path / "fused.onnx", feeds, "logits", logits) == 0
 
 
 def test_features_follow_vespas_token_transformer():
@@ -214,9 +226,10 @@ def reference_token_transformer(query_ids, title_ids, length, cls, sep):
 
 
 def test_vespa_side_metrics_agree_with_an_independent_token_transformer(reproduced_project, tmp_path):
-    """results/vespa/metrics.json, with L short enough that Vespa cuts about half the pairs: the
-    served file's nDCG@10 and ROC-AUC from the inputs written again above, one hit at a time, and
-    the scorer's float32 metrics equal to evaluate's on the same (all) validation pairs."""
+    """results/vespa/metrics.json, with L short enough that Vespa cuts about half the pairs and a
+    file built here named by vespa.model: the int8 file's and the package's own file's nDCG@10 and
+    ROC-AUC from the inputs written again above, one hit at a time, and the scorer's float32
+    metrics equal to evaluate's on the same (all) validation pairs."""
     import yaml
 
     scratch = tmp_path / "project"
@@ -230,27 +243,105 @@ def test_vespa_side_metrics_agree_with_an_independent_token_transformer(reproduc
                             for c in ("query", "title"))
     lengths = np.array([3 + len(q) + len(t) for q, t in zip(query_ids, title_ids)])
     length = int(np.median(lengths))
-    set_params(scratch, {"vespa": {"max_length": length}})
+    set_params(scratch, {"vespa": {"max_length": length, "model": "model.int8.per_tensor.fused.onnx"}})
     printed = run_stages_in_process(scratch, ["vespa"])["vespa"]
     metrics = json.loads((scratch / "results/vespa/metrics.json").read_text())
-    assert metrics["max_length"] == length and metrics["served"] == "int8" and metrics["pairs"] == len(val)
+    assert metrics["max_length"] == length and metrics["pairs"] == len(val)
+    assert metrics["served"] == metrics["int8_per_tensor_fused"] and metrics["served"]["file"] == "model.int8.per_tensor.fused.onnx"
     assert metrics["val_pairs_cut"] == (lengths > length).sum() > 0 and f"Vespa cuts {metrics['val_pairs_cut']} of" in printed
 
     metadata = json.loads((scratch / "models/metadata.json").read_text())
-    session = onnxruntime.InferenceSession(str(scratch / "models/model.int8.onnx"), providers=["CPUExecutionProvider"])
-    scores = []
-    for q, t in zip(query_ids, title_ids):
-        features = reference_token_transformer(q, t, length, *separators(tokenizer, metadata["inputs"])[0])
-        (logits,) = session.run(["logits"], {name: features[name][None].astype(np.int64) for name in metadata["inputs"]})
-        scores.append(relevance_probability(logits, metadata)[0])
     queries = pd.util.hash_pandas_object(val["query"], index=False).to_numpy()
-    expected = relevance_metrics(queries, val["label"].to_numpy(), np.array(scores))
-    assert abs(metrics["int8"]["ndcg@10"] - expected["ndcg@10"]) <= 1e-3
-    assert abs(metrics["int8"]["roc_auc"] - expected["roc_auc"]) <= 1e-3
+    for key, path in {"int8": scratch / "models/model.int8.onnx", "served": scratch / "models/vespa/files/relevance.onnx"}.items():
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        scores = []
+        for q, t in zip(query_ids, title_ids):
+            features = reference_token_transformer(q, t, length, *separators(tokenizer, metadata["inputs"])[0])
+            (logits,) = session.run(["logits"], {name: features[name][None].astype(np.int64) for name in metadata["inputs"]})
+            scores.append(relevance_probability(logits, metadata)[0])
+        expected = relevance_metrics(queries, val["label"].to_numpy(), np.array(scores))
+        assert abs(metrics[key]["ndcg@10"] - expected["ndcg@10"]) <= 1e-3, key
+        assert abs(metrics[key]["roc_auc"] - expected["roc_auc"]) <= 1e-3, key
     evaluated = json.loads((reproduced_project / "results/eval/metrics.json").read_text())["fp32"]
     assert metrics["evaluate_fp32"] == pytest.approx(evaluated, abs=1e-12)
     assert metrics["fp32"]["ms_per_hit"] > 0 and metrics["int8"]["ms_per_hit_p99"] >= metrics["int8"]["ms_per_hit"]
     assert metrics["int8"]["cpu_ms_per_query"] == pytest.approx(metrics["int8"]["ms_per_hit"] * metrics["rerank_count"])
+
+
+def test_the_package_ships_the_cheapest_file_that_ranks_as_model_onnx_and_scores_deterministically(reproduced_project,
+                                                                                                 tmp_path):
+    """vespa.model=auto, the pipeline's run: every candidate timed and checked (the tiny BERT fuses),
+    the served one the fewest ms per hit of those that pass, repeated under `served`, in the package
+    byte for byte as built again here; GFLOP per hit as the architecture counts it."""
+    import yaml
+
+    params = yaml.safe_load((reproduced_project / "params.yaml").read_text())
+    metrics = json.loads((reproduced_project / "results/vespa/metrics.json").read_text())
+    assert params["vespa"]["model"] == "auto" and [metrics[key]["file"] for key in FILES] == list(FILES.values())
+    assert metrics["fused_ops"] == {"BiasGelu": 2, "MultiHeadAttention": 2, "SkipLayerNormalization": 4}
+    drop, fp32 = params["vespa"]["max_ranking_drop"], metrics["fp32"]
+    for key in FILES:
+        file = metrics[key]
+        assert file["rerun_logit_change"] == 0, f"{file['file']} scores deterministically"
+        ranks = all(fp32[metric] - file[metric] <= drop for metric in ("ndcg@10", "roc_auc"))
+        assert file["passes_checks"] == ranks, file["file"]
+    passing = [key for key in FILES if metrics[key]["passes_checks"]]
+    served = min(passing, key=lambda key: metrics[key]["ms_per_hit"])
+    assert metrics["served"] == metrics[served]
+
+    paths, _ = build_candidates(reproduced_project / "models", tmp_path, params["quantize"])
+    assert (reproduced_project / "models/vespa/files/relevance.onnx").read_bytes() == paths[served].read_bytes()
+
+    config = json.loads((reproduced_project / "models/finetuned/config.json").read_text())
+    layers, hidden, intermediate = config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]
+    length, labels = metrics["max_length"], len(config["id2label"])
+    # per layer: Q, K, V and output projections, the feed-forward pair, Q K^T and A V; then the pooler and classifier
+    flop = layers * (8 * length * hidden ** 2 + 4 * length * hidden * intermediate + 4 * length ** 2 * hidden)
+    flop += 2 * hidden ** 2 + 2 * hidden * labels
+    assert all(metrics[key]["gflop_per_hit"] == pytest.approx(flop / 1e9, rel=1e-12) for key in (*FILES, "served"))
+
+
+def test_a_graph_no_fusion_matches_is_left_as_it_is_and_a_fused_choice_ships_it_unfused(tmp_path):
+    """Another architecture's graph, reduced to what no fusion pattern matches: no fused file is
+    built, and vespa.model naming one ships the same file unfused."""
+    import onnx
+    import yaml
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stages.vespa import choose
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32), "weight")
+    graph = helper.make_graph([helper.make_node("MatMul", ["hidden", "weight"], ["logits"])], "linear",
+                              [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 8])], [weight])
+    (tmp_path / "models").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "models/model.onnx")
+    quantize_params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["quantize"]
+    paths, fused_ops = build_candidates(tmp_path / "models", tmp_path, quantize_params)
+    assert fused_ops == {} and list(paths) == ["fp32", "int8", "int8_per_tensor"]
+    assert not (tmp_path / FILES["fp32_fused"]).exists() and paths["int8_per_tensor"].is_file()
+    files = {key: {"ms_per_hit": 1.0} for key in paths}
+    assert choose(files, {key: [] for key in paths}, "model.int8.per_tensor.fused.onnx") == "int8_per_tensor"
+    assert choose(files, {key: [] for key in paths}, "model.fused.onnx") == "fp32"
+
+
+def test_auto_ships_the_fastest_file_without_a_refusal_and_stops_when_every_file_is_refused():
+    from stages.common import StageError
+    from stages.vespa import choose, refusals
+
+    ranking = {"ndcg@10": 0.80, "roc_auc": 0.90}
+    files = {"fp32": {**ranking, "ms_per_hit": 3.0, "rerun_logit_change": 0.0},
+             "int8": {**ranking, "ms_per_hit": 1.0, "rerun_logit_change": 1e-6},  # fastest, not deterministic
+             "int8_per_tensor": {"ndcg@10": 0.79, "roc_auc": 0.91, "ms_per_hit": 1.5, "rerun_logit_change": 0.0},
+             "fp32_fused": {"ndcg@10": 0.80, "roc_auc": 0.896, "ms_per_hit": 2.0, "rerun_logit_change": 0.0}}
+    reasons = refusals(files, 0.005)
+    assert reasons["fp32"] == [] and reasons["fp32_fused"] == [] and reasons["int8"] and reasons["int8_per_tensor"]
+    assert reasons["int8_per_tensor"] == ["ndcg@10 0.7900 against model.onnx's 0.8000"]
+    assert choose(files, reasons, "auto") == "fp32_fused"
+    assert choose(files, reasons, "model.int8.onnx") == "int8"  # named: shipped as asked, with a warning
+    files["fp32"]["rerun_logit_change"] = 1e-7
+    with pytest.raises(StageError, match="^vespa.model=auto: no file ranks as model.onnx does"):
+        choose(files, refusals(files, 0.0), "auto")
 
 
 def test_vespas_session_knobs_are_written_only_when_set(reproduced_project, tmp_path):
@@ -261,7 +352,7 @@ def test_vespas_session_knobs_are_written_only_when_set(reproduced_project, tmp_
     onnx_model = {}
     for name, knobs in {"defaults": (None, None), "set": (4, 0)}.items():
         params = {"rerank_count": 100, "intraop_threads": knobs[0], "gpu_device": knobs[1]}
-        write_package(models_dir, tmp_path / name, "model.int8.onnx", 16, params, *cls_sep)
+        write_package(models_dir, tmp_path / name, models_dir / "model.int8.onnx", 16, params, *cls_sep)
         schema = (tmp_path / name / "schemas/doc.sd").read_text()
         onnx_model[name] = schema[schema.index("onnx-model relevance {"):].split("}", 1)[0]
     assert "threads" not in onnx_model["defaults"] and "gpu-device" not in onnx_model["defaults"]
@@ -273,7 +364,8 @@ def test_vespas_session_knobs_are_written_only_when_set(reproduced_project, tmp_
     ({"max_length": 500}, "error: vespa.max_length=500: expected auto or an integer from 3 to encode.max_length="),
     ({"length_coverage": 0}, "error: vespa.length_coverage=0: expected a share above 0 and at most 1"),
     ({"gpu_device": -1}, "error: vespa.gpu_device=-1: expected null (Vespa's default) or a GPU number"),
-    ({"model": "model.fp16.onnx"}, "error: vespa.model=model.fp16.onnx: expected one of model.onnx, model.int8.onnx"),
+    ({"model": "model.fp16.onnx"}, "error: vespa.model=model.fp16.onnx: expected auto or one of model.onnx, model.int8.onnx, "),
+    ({"max_ranking_drop": -0.01}, "error: vespa.max_ranking_drop=-0.01: expected a number, 0 or more"),
 ])
 def test_a_bad_vespa_param_stops_the_stage_in_one_line_and_writes_nothing(reproduced_project, tmp_path, params, message):
     import yaml
