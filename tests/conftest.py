@@ -28,6 +28,19 @@ def run_cli(args, cwd, check=True, **env):
     return result
 
 
+def require_tool(found, what):
+    """For a test that needs a tool .ci/run installs (jing, PostgreSQL, Node.js): skipped where the
+    tool is missing on a developer's machine, failed in CI (CI=true), where missing means .ci/run broke."""
+    if not found:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{what} (.ci/run installs it)")
+
+
+@pytest.fixture(scope="session")
+def node():
+    """Node.js and npm, for the tests of clients/node."""
+    require_tool(shutil.which("node") and shutil.which("npm"), "needs Node.js and npm")
+
+
 def dvc(*args, cwd, check=True, **env):
     return run_cli([sys.executable, "-m", "dvc", *args], cwd, check=check, **env)
 
