@@ -13,7 +13,6 @@ and prints the Markdown table the README shows. Timing is never asserted by the 
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,26 +20,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from stages.common import LABELS, load_params
-from bench.memory import cpu
+from bench.memory import cpu, median_time
 from bench.report import save, table
-from bench.synthetic import realistic_pairs, write_tiny_bert
+from bench.synthetic import (PROJECT_ROOT, csv_texts, make_scratch_project, pipeline_stages, realistic_pairs, write_pairs_csv,
+                             write_tiny_bert)
+from stages.common import LABELS, load_params
 
 MAX_LENGTH = load_params("encode")["max_length"]
 AUC_TOLERANCE = 0.05  # |reference - project| validation ROC-AUC allowed for "same results"
-
-
-def median_time(run, repeats):
-    """Median wall time of `repeats` calls of run() after one warm-up call; also the last result."""
-    run()
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
@@ -49,6 +37,7 @@ def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
+    from stages.encode import encode_pairs
     from stages.metrics import classification_metrics
     from stages.training import make_trainer, training_arguments
 
@@ -74,9 +63,9 @@ def train_once(model_dir, pairs, val_pairs, freeze, reference, epochs, scratch):
                                  save_strategy="no", report_to="none", disable_tqdm=True)
         val_set = PairsDataset(val_queries, val_titles, val_labels)
         trainer = Trainer(model=model, args=args, train_dataset=PairsDataset(queries, titles, labels), eval_dataset=val_set)
-    else:  # this project's train stage path
+    else:  # this project's encode and train stages' path
         def encode(q, t, y):
-            return Dataset.from_dict({"label": y, **tokenizer(q, t, truncation=True, max_length=MAX_LENGTH)})
+            return encode_pairs(Dataset.from_dict({"query": q, "title": t, "label": y}), tokenizer, MAX_LENGTH)
 
         params = {**load_params("train"), "epochs": epochs, "freeze_base": freeze, "resume": False}
         training_args = training_arguments(params, scratch)
@@ -137,10 +126,9 @@ def bench_training(model_dir, args, scratch):
 
 
 def bench_scoring(model_dir, args, scratch):
-    import onnxruntime
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from bench.int8 import eager_scorer, encode, session, speed, speed_batches
     from scorer import METADATA_FILE, TOKENIZER_FILE, RelevanceScorer
     from stages.export import export_onnx, save_serving_tokenizer, write_metadata
     from stages.quantize import quantize
@@ -148,60 +136,35 @@ def bench_scoring(model_dir, args, scratch):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, num_labels=len(LABELS), id2label=dict(enumerate(LABELS))).eval()
-    queries, titles, _ = realistic_pairs(256, seed=3)
-
-    def batch(size, start=0):
-        encoded = tokenizer(queries[start:start + size], titles[start:start + size], truncation=True,
-                            max_length=MAX_LENGTH, padding=True, return_tensors="np")
-        return {name: encoded[name].astype(np.int64) for name in tokenizer.model_input_names}
-
+    batches, eager = speed_batches(tokenizer), eager_scorer(model)
     onnx_path, int8_path = scratch / "model.onnx", scratch / "model.int8.onnx"
-    export_onnx(model, batch(4), onnx_path, opset=args.opset)
+    export_onnx(model, batches[64][0], onnx_path, opset=args.opset)
     quantize(onnx_path, int8_path, load_params("quantize"))
-    sessions = {name: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                for name, path in (("onnxruntime fp32", onnx_path), ("onnxruntime int8", int8_path))}
-    results = {}
-    for size, count in ((1, 64), (64, 4)):
-        batches = [batch(size, i * size % 192) for i in range(count)]
-
-        def eager():
-            with torch.no_grad():
-                for b in batches:
-                    model(**{k: torch.from_numpy(v) for k, v in b.items()})
-
-        scorers = {"pytorch eager": eager, **{name: (lambda s=s: [s.run(["logits"], b) for b in batches])
-                                              for name, s in sessions.items()}}
-        results[f"batch {size}"] = rates_and_speedups(scorers, size * count, args.repeats)
+    # The runtimes alone on identical batches (onnxruntime with its default threads, as PyTorch).
+    rates = {name: speed(run, batches, args.repeats) for name, run in {"pytorch eager": eager, **{
+        name: (lambda batch, s=session(path, 0): s.run(["logits"], batch))
+        for name, path in (("onnxruntime fp32", onnx_path), ("onnxruntime int8", int8_path))}}.items()}
+    results = {f"batch {size}": speedups({name: rate[size] for name, rate in rates.items()}) for size in batches}
 
     # End to end, tokenizing included, as a service scores a list of pairs: RelevanceScorer (length-sorted
     # batches) against the transformers tokenizer and PyTorch eager on batches in input order.
     save_serving_tokenizer(tokenizer, scratch / TOKENIZER_FILE, MAX_LENGTH)  # beside the ONNX files, as export does
     write_metadata(scratch / METADATA_FILE, model, tokenizer.model_input_names, args.opset, MAX_LENGTH)
-    listed_queries, listed_titles, _ = realistic_pairs(1024, seed=4)
-
-    def eager_end_to_end():
-        with torch.no_grad():
-            for start in range(0, len(listed_queries), 64):
-                encoded = tokenizer(listed_queries[start:start + 64], listed_titles[start:start + 64], truncation=True,
-                                    max_length=MAX_LENGTH, padding=True, return_tensors="pt")
-                model(**{name: encoded[name] for name in tokenizer.model_input_names})
-
-    scorers = {"pytorch eager": eager_end_to_end, **{
-        f"RelevanceScorer {name}": (lambda s=RelevanceScorer(path): s.scores(listed_queries, listed_titles, batch_size=64))
-        for name, path in (("fp32", onnx_path), ("int8", int8_path))}}
-    results["1024 pairs end to end, batches of 64"] = rates_and_speedups(scorers, len(listed_queries), args.repeats)
+    queries, titles, _ = realistic_pairs(1024, seed=4)
+    scorers = {"pytorch eager": lambda: [eager(encode(tokenizer, queries[i:i + 64], titles[i:i + 64])) for i in range(0, 1024, 64)],
+               **{f"RelevanceScorer {name}": (lambda s=RelevanceScorer(path): s.scores(queries, titles, batch_size=64))
+                  for name, path in (("fp32", onnx_path), ("int8", int8_path))}}
+    results["1024 pairs end to end, batches of 64"] = speedups(
+        {name: len(queries) / median_time(run, args.repeats)[0] for name, run in scorers.items()})
     return results
 
 
-def rates_and_speedups(scorers, pairs, repeats):
-    rates = {name: pairs / median_time(run, repeats)[0] for name, run in scorers.items()}
+def speedups(rates):
     return {"pairs_per_second": rates, "speedup_vs_eager": {
         name: rate / rates["pytorch eager"] for name, rate in rates.items() if name != "pytorch eager"}}
 
 
 def bench_pipeline(args, scratch):
-    from bench.synthetic import csv_texts, make_scratch_project, write_pairs_csv
-
     pairs_csv = write_pairs_csv(scratch / "pairs.csv")
     project = make_scratch_project(scratch / "project", pairs_csv, write_tiny_bert(scratch / "tiny", csv_texts(pairs_csv)))
     dvc = [sys.executable, "-m", "dvc", "repro"]
@@ -209,12 +172,11 @@ def bench_pipeline(args, scratch):
     subprocess.run(dvc, cwd=project, env=env, check=True, capture_output=True)
     noop, _ = median_time(lambda: subprocess.run(dvc, cwd=project, env=env, check=True, capture_output=True), args.repeats)
     startup = {}
-    for stage in yaml.safe_load((Path(__file__).parent.parent / "dvc.yaml").read_text())["stages"]:
-        probe = f"import sys, stages.{stage}; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
-        command = [sys.executable, "-c", probe]
-        seconds, result = median_time(lambda: subprocess.run(command, check=True, capture_output=True, text=True,
-                                                             cwd=Path(__file__).parent.parent), args.repeats)
-        startup[stage] = {"import_seconds": seconds, "heavy_modules_at_import": json.loads(result.stdout.replace("'", '"'))}
+    for stage, _ in pipeline_stages():
+        probe = f"import json, sys, stages.{stage}; print(json.dumps([m for m in ('torch', 'transformers') if m in sys.modules]))"
+        seconds, result = median_time(lambda: subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                                             text=True, cwd=PROJECT_ROOT), args.repeats)
+        startup[stage] = {"import_seconds": seconds, "heavy_modules_at_import": json.loads(result.stdout)}
     return {"noop_repro_seconds": noop, "stage_startup": startup}
 
 
