@@ -29,7 +29,6 @@ leaves what it did. docs/gpu.md says how to run it on a machine without dvc, dvc
 """
 import argparse
 import ast
-import csv
 import functools
 import importlib.metadata
 import json
@@ -50,12 +49,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from bench.benchmark import useful_training_flops
 from bench.report import save, table
 from bench.synthetic import (PROJECT_ROOT, make_scratch_project, pipeline_stages, realistic_pairs, set_params, write_rows,
                              write_tiny_bert)
+from stages.common import read_pairs
 
 ROWS = 51_392          # the CORD-19 query/title/label CSV's size (rounded down to whole queries)
 QUERIES = 50           # and its number of distinct queries
@@ -212,9 +213,8 @@ def train_log(project):
 
 
 def split_pairs(project, split):
-    with open(project / f"data/split/{split}.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [row["query"] for row in rows], [row["title"] for row in rows]
+    pairs = pd.concat(read_pairs(project / f"data/split/{split}.csv"))
+    return pairs["query"].tolist(), pairs["title"].tolist()
 
 
 def add_training_figures(step, project, flops, counted, peak, seconds=None):
