@@ -162,15 +162,6 @@ def speed(run_batch, batches, repeats):
             / median_time(lambda group=group: [run_batch(b) for b in group], repeats)[0] for size, group in batches.items()}
 
 
-def scores_of(run_batch, batches):
-    """P(relevant) for the pairs of `batches` (a list of batches and the pairs' order in them), in input order."""
-    batches, order = batches
-    logits = np.zeros((len(order), 2))
-    logits[order] = np.concatenate([run_batch(batch) for batch in batches])
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted[:, 1] / shifted.sum(axis=1)
-
-
 def scoring_batches(tokenizer, queries, titles, size=64):
     """Batches of `size` pairs, shortest first so each pads little (as scorer.RelevanceScorer does)."""
     order = np.argsort([len(query) + len(title) for query, title in zip(queries, titles)], kind="stable")
@@ -179,7 +170,14 @@ def scoring_batches(tokenizer, queries, titles, size=64):
 
 
 def onnx_scores(onnx_session, batches):
-    return scores_of(lambda batch: onnx_session.run(["logits"], batch)[0], batches)
+    """P(relevant), as the scorer computes it, for the pairs of scoring_batches' `batches` (the batches and the
+    pairs' order in them), in input order."""
+    from scorer import relevance_probability
+
+    batches, order = batches
+    logits = np.zeros((len(order), 2))
+    logits[order] = np.concatenate([onnx_session.run(["logits"], batch)[0] for batch in batches])
+    return relevance_probability(logits, {"labels": list(LABELS)})
 
 
 def quality(labels, queries, scores):
