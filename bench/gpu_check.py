@@ -248,7 +248,7 @@ def device_info(peak_option):
     info = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": None, "peak_tflops": peak_option,
             "peak_source": "--peak-tflops" if peak_option else None,
-            "packages": {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions()}}
+            "packages": {(d.metadata.get("Name") or "").lower(): d.version for d in importlib.metadata.distributions()}}
     if torch.cuda.is_available():
         info.update(gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(),
                     capability=".".join(map(str, torch.cuda.get_device_capability(0))),
