@@ -1,12 +1,13 @@
 """python -m tune: Optuna studies whose trials' folds are real `dvc exp run` experiments, with the
 real dvc CLI in scratch git repositories, Optuna's real SQLite storage and a real PostgreSQL server.
 
-The trials here search split params and are valued by a split metric (val_pairs in
+Most trials here search split params and are valued by a split metric (val_pairs in
 results/split/metrics.json), so each experiment runs the download and split stages only, a few
-seconds each: what is tested is how tune runs, records, resumes and shares trials, which does not
-depend on the stage (a training experiment costs ~15 s of CPU, torch's import alone 5). The default
-metric and the training params are exercised by bench/tune.py. The CSV's queries have different
-numbers of titles, so a fold's val_pairs depends on split.seed and the folds' values differ.
+seconds each: what is tested is how tune runs, records, resumes, prunes between folds and shares
+trials, which does not depend on the stage (a training experiment costs ~10 s of CPU, torch's import
+alone 5). One test trains, with the default metric (train's validation nDCG@10), to prune within
+epochs. The CSV's queries have different numbers of titles, so a fold's val_pairs depends on
+split.seed and the folds' values differ.
 """
 import csv
 import glob
@@ -25,15 +26,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import dvc_experiments, git, pipeline_env, run_cli
-from tests.tiny import PROJECT_ROOT, make_scratch_project
+from tests.tiny import PROJECT_ROOT, make_scratch_project, set_params
 
 SPACE = """\
 split.seed: {type: int, low: 0, high: 1000}
 split.conflicting_labels: {type: categorical, choices: [relevant, drop, error]}
 """
 METRIC = ["--metric", "results/split/metrics.json:val_pairs", "--search-space", "space.yaml"]
-SEED = "39"  # with it, the sampler's third trial fails (conflicting_labels: error), and the second run's
-# first trial, the one interrupted, is one that passes
+SEED = "4"  # with it, the sampler's first trial fails (conflicting_labels: error), its second passes, and the
+# second run's first trial, the one interrupted, is one that passes
 
 
 def write_csv(path):
@@ -134,10 +135,10 @@ def test_a_study_runs_folds_as_experiments_survives_a_failure_and_resumes_after_
     project = tune_project(tmp_path / "project", csv_path, tiny_bert)
     common = ["--study", "cv", "--folds", "2", "--seed", SEED, *METRIC]
 
-    tune(project, "--trials", "3", *common)
+    tune(project, "--trials", "2", *common)
     report = study_report(project, "cv")
     complete, failed = by_state(report, "COMPLETE"), by_state(report, "FAIL")
-    assert len(complete) == 3
+    assert len(complete) == 2
     # The failing trial is recorded with its stage's error line, and the study went on past it.
     assert len(failed) == 1, "the seed was chosen so that one trial fails; pick another if the sampler changed"
     for trial in failed:
@@ -147,7 +148,7 @@ def test_a_study_runs_folds_as_experiments_survives_a_failure_and_resumes_after_
     # The first trial is params.yaml's current values.
     assert report["trials"][0]["params"] == {"split.seed": 42, "split.conflicting_labels": "relevant"}
 
-    # 3 trials x 2 folds: 6 experiments, each trial's value the mean of its folds' own metric.
+    # 2 trials x 2 folds: 4 experiments, each trial's value the mean of its folds' own metric.
     shown = dvc_experiments(project, "results/split/metrics.json")
     assert sorted(shown) == sorted(f"cv-{t['number']}-{fold}" for t in complete for fold in (0, 1))
     fold_values = []
@@ -169,13 +170,13 @@ def test_a_study_runs_folds_as_experiments_survives_a_failure_and_resumes_after_
     # Ctrl-C during the next run's first experiment: a clean stop, the trial failed as interrupted.
     log_path = tmp_path / "interrupted.log"
     with open(log_path, "w") as log:
-        run = start_tune(project, "--trials", "4", *common, log=log)
+        run = start_tune(project, "--trials", "3", *common, log=log)
         wait_for_line(log_path, "fold 1/2: Running stage", run)
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=120) == 130, log_path.read_text()
     report = study_report(project, "cv")
     (interrupted,) = [t for t in report["trials"] if (t["error"] or "").startswith("interrupted")]
-    assert len(by_state(report, "COMPLETE")) == 3
+    assert len(by_state(report, "COMPLETE")) == 2
     assert not by_state(report, "RUNNING")
     assert not list((project / ".dvc/tmp/tune/runners").iterdir()), "the run's clone is removed"
 
@@ -184,18 +185,18 @@ def test_a_study_runs_folds_as_experiments_survives_a_failure_and_resumes_after_
 
     # The rerun adds exactly one trial: the interrupted one's params, run again.
     ran_before = [t["number"] for t in report["trials"] if t["state"] != "WAITING"]
-    tune(project, "--trials", "4", *common)
+    tune(project, "--trials", "3", *common)
     report = study_report(project, "cv")
     (rerun,) = [t for t in report["trials"] if t["number"] not in ran_before]
     assert rerun["number"] == queued["number"] and rerun["state"] == "COMPLETE"
     assert rerun["params"] == interrupted["params"] and rerun["retry_of"] == interrupted["number"]
-    assert len(by_state(report, "COMPLETE")) == 4
+    assert len(by_state(report, "COMPLETE")) == 3
     # Every experiment in the repository is one that a trial lists, and every listed one is there.
     listed = [name for t in report["trials"] for name in t["experiments"]]
     assert sorted(dvc_experiments(project, "results/split/metrics.json")) == sorted(listed) and len(listed) == len(set(listed))
     # With the study complete, a rerun runs nothing and writes the report again.
     (project / "results/tune/cv.json").unlink()
-    assert "Running stage" not in tune(project, "--trials", "4", *common).stdout
+    assert "Running stage" not in tune(project, "--trials", "3", *common).stdout
     assert study_report(project, "cv")["trials"] == report["trials"]
 
 
@@ -254,7 +255,7 @@ for url, at in zip(sys.argv[1::2], sys.argv[2::2]):
 """
 
 
-def test_two_workers_in_two_clones_share_one_postgresql_study(tmp_path, csv_path, tiny_bert, postgres):
+def test_two_workers_in_two_clones_share_one_postgresql_study_and_prune_between_folds(tmp_path, csv_path, tiny_bert, postgres):
     # Two processes that create Optuna's schema in a fresh database at the same instant: without a lock,
     # one died in 4 of 6 tries here (duplicate key ... "pg_type_typname_nsp_index", or "studies" already exists).
     import psycopg
@@ -272,20 +273,108 @@ def test_two_workers_in_two_clones_share_one_postgresql_study(tmp_path, csv_path
     first = tune_project(tmp_path / "first", csv_path, tiny_bert, space=SPACE.replace(", error]", "]"))
     second = tmp_path / "second"
     subprocess.run(["git", "clone", "-q", str(first), str(second)], check=True)  # another machine's checkout
-    args = ["--trials", "4", "--study", "shared", "--storage", postgres, *METRIC]
+    args = ["--study", "shared", "--storage", postgres, "--folds", "2", "--warmup-trials", "1", *METRIC]
+    # The study's first trial, params.yaml's values (split.seed 42), on the first machine alone.
+    tune(first, "--trials", "1", *args)
+    # Queued for the workers: a trial whose first fold holds fewer validation pairs than the first
+    # trial's (pruned after it), then one with more.
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=postgres)
+    study.enqueue_trial({"split.seed": 408, "split.conflicting_labels": "drop"})
+    study.enqueue_trial({"split.seed": 549, "split.conflicting_labels": "drop"})
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
-    # Both at once on a fresh database: both create Optuna's tables and types at the same moment.
     with open(logs[0], "w") as log0, open(logs[1], "w") as log1:
-        workers = [start_tune(first, *args, log=log0), start_tune(second, *args, log=log1)]
+        workers = [start_tune(first, "--trials", "2", *args, log=log0), start_tune(second, "--trials", "2", *args, log=log1)]
         codes = [worker.wait(timeout=240) for worker in workers]
     assert codes == [0, 0], "\n".join(path.read_text() for path in logs)
 
     report = study_report(first, "shared")
-    assert [(t["number"], t["state"]) for t in report["trials"]] == [(n, "COMPLETE") for n in range(4)]
-    # No trial lost or repeated: each trial's one experiment is in the clone that ran it, and only there.
-    ran = {clone.resolve(): set(dvc_experiments(clone, "results/split/metrics.json")) for clone in (first, second)}
-    assert not ran[first.resolve()] & ran[second.resolve()]
-    assert ran[first.resolve()] | ran[second.resolve()] == {f"shared-{n}" for n in range(4)}
+    assert [(t["number"], t["state"]) for t in report["trials"]] == [(0, "COMPLETE"), (1, "PRUNED"), (2, "COMPLETE")]
+    # No trial lost or repeated: each trial's experiments are in the clone that ran it, and only there.
+    ran = {clone.resolve(): dvc_experiments(clone, "results/split/metrics.json") for clone in (first, second)}
+    assert not set(ran[first.resolve()]) & set(ran[second.resolve()])
+    assert set(ran[first.resolve()]) | set(ran[second.resolve()]) == {"shared-0-0", "shared-0-1", "shared-1-0", "shared-2-0", "shared-2-1"}
+    shown = {**ran[first.resolve()], **ran[second.resolve()]}
     for trial in report["trials"]:
-        assert set(trial["experiments"]) <= ran[Path(trial["repo"]).resolve()], trial
+        assert set(trial["experiments"]) <= set(ran[Path(trial["repo"]).resolve()]), trial
+    # Pruned after its first fold (the running mean, then that fold's value, below the first trial's);
+    # the fold it finished stays an experiment; it does not count toward --trials.
+    pruned = report["trials"][1]
+    assert pruned["experiments"] == ["shared-1-0"] and pruned["fold_values"] == [shown["shared-1-0"][1]["val_pairs"]]
+    assert pruned["pruned"] == {"fold": 0, "epoch": None, "value": pruned["fold_values"][0]}
+    assert pruned["pruned"]["value"] < report["trials"][0]["fold_values"][0]
+    assert report["complete"] == 2 and report["pruned"] == 1
     assert study_report(second, "shared")["trials"] == report["trials"]
+
+
+def cache_objects(project):
+    return {str(path.relative_to(project / ".dvc/cache")) for path in (project / ".dvc/cache").rglob("*") if path.is_file()}
+
+
+def locked_objects(project, rev):
+    """The DVC cache objects that commit `rev`'s dvc.lock names: each output's, and a cached folder's
+    files (an uncached one, cache: false, has no listing in the cache: its files are in git)."""
+    import yaml
+
+    lock = yaml.safe_load(subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=project, capture_output=True,
+                                         check=True, text=True).stdout)
+    objects = set()
+    for stage in lock["stages"].values():
+        for out in stage.get("outs", []):
+            md5 = out["md5"]
+            objects.add(f"files/md5/{md5[:2]}/{md5[2:]}")
+            listing = project / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+            if md5.endswith(".dir") and listing.exists():
+                entries = json.loads(listing.read_text())
+                objects |= {f"files/md5/{e['md5'][:2]}/{e['md5'][2:]}" for e in entries}
+    return objects
+
+
+def workspace_files(project):
+    """Every file of the workspace outside git's and DVC's own folders and tune's: (size, mtime) by path."""
+    skip = (".git/", ".dvc/", "results/tune/", "tune/")
+    return {str(p.relative_to(project)): (p.stat().st_size, p.stat().st_mtime_ns) for p in project.rglob("*")
+            if p.is_file() and not str(p.relative_to(project)).startswith(skip) and "__pycache__" not in p.parts}
+
+
+def test_a_diverging_trial_is_pruned_within_its_epochs_and_leaves_nothing_half_written(project, tmp_path):
+    """The default metric, train's validation nDCG@10, read per epoch while the fold trains: a trial
+    at learning rate 0.1 (30 epochs) falls below the first trial's curve and is stopped mid-training.
+    Its experiment does not exist, and neither the workspace nor the DVC cache holds anything of it."""
+    shutil.copytree(PROJECT_ROOT / "tune", project / "tune", ignore=shutil.ignore_patterns("__pycache__"))
+    set_params(project, {"train": {"epochs": 3}})  # uncommitted: every trial takes it, as dvc exp run would
+    (project / "space.yaml").write_text("train.learning_rate: {type: categorical, choices: [0.001, 0.1]}\n"
+                                        "train.epochs: {type: categorical, choices: [3, 30]}\n")
+    cache_before, files_before = cache_objects(project), workspace_files(project)
+    log_path = tmp_path / "tune.log"
+    with open(log_path, "w") as log:
+        # Seed 0: trial 0 is params.yaml's (0.001, 3 epochs), trial 1 (0.1, 30 epochs). Pruned trials
+        # do not count toward --trials, so the run goes on after it: stopped with Ctrl-C.
+        run = start_tune(project, "--trials", "2", "--study", "lr", "--search-space", "space.yaml", "--seed", "0",
+                         "--warmup-trials", "1", "--warmup-epochs", "0", log=log)
+        wait_for_line(log_path, "trial 1: pruned at epoch", run, timeout=240)
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=120) == 130, log_path.read_text()
+    report = study_report(project, "lr")
+    first, pruned = report["trials"][0], report["trials"][1]
+    assert first["state"] == "COMPLETE" and first["params"] == {"train.learning_rate": 0.001, "train.epochs": 3}
+    shown = dvc_experiments(project, "results/train/metrics.json")
+    assert first["value"] == shown["lr-0"][1]["eval"]["ndcg@10"], "the trial's value is train's nDCG@10"
+    assert pruned["state"] == "PRUNED" and pruned["params"] == {"train.learning_rate": 0.1, "train.epochs": 30}
+    assert pruned["pruned"]["fold"] is None and 1 <= pruned["pruned"]["epoch"] < 30, pruned
+    assert pruned["value"] == pruned["pruned"]["value"] and pruned["experiments"] == []
+    assert report["complete"] == 1, "a pruned trial does not count toward --trials"
+    # Nothing of the pruned (or the interrupted) fold: no experiment, the workspace as it was, and
+    # no cache object but those of the first trial's outputs.
+    assert sorted(shown) == ["lr-0"]
+    assert workspace_files(project) == files_before
+    assert cache_objects(project) - cache_before <= locked_objects(project, experiment_rev(project, "lr-0"))
+    assert not list((project / ".dvc/tmp/tune/runners").iterdir())
+    assert "dvc exp apply lr-0" in (project / "results/tune/lr.md").read_text()
+    assert "dvc repro   # the stages after train" in (project / "results/tune/lr.md").read_text()
+
+
+def experiment_rev(project, name):
+    refs = git("for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/", cwd=project).stdout.splitlines()
+    return next(line.split()[0] for line in refs if line.endswith(f"/{name}"))

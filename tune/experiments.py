@@ -30,6 +30,8 @@ from tune.errors import TuneError
 
 RUNNERS = ".dvc/tmp/tune/runners"  # git ignores .dvc/tmp; one folder per running job slot
 LOGS = ".dvc/tmp/tune/logs"        # each experiment's full output
+TEMP_WORKSPACES = ".dvc/tmp/exps/standalone"  # where DVC 3.67 runs a `dvc exp run --temp` (queue/tempdir.py)
+WATCH_S = 0.5                      # how often a running experiment's curve file is read
 
 
 def dvc_command():
@@ -178,11 +180,19 @@ class Runner:
         config.write()
         self._made = True
 
-    def run(self, name, target, overrides, log_path, progress, stopping=lambda: False):
+    def run(self, name, target, overrides, log_path, progress, stopping=lambda: False, curve=None, on_curve=None):
         """`dvc exp run --temp -n name target -S ...` here; its output goes to log_path, and each
         stage it starts or skips to progress(line). Returns (exit status, output). stopping(): whether
-        a Ctrl-C came before the run started, which then gets it at once."""
+        a Ctrl-C came before the run started, which then gets it at once. While `target` runs,
+        on_curve(text) gets the file `curve` (a path in the experiment's workspace) each time it
+        changes; when it returns True, the run is stopped as by Ctrl-C."""
         self.make()
+        running = threading.Event()
+        finished = threading.Event()
+        watcher = None
+        if curve and on_curve:
+            watcher = threading.Thread(target=self._watch, args=(curve, on_curve, running, finished), daemon=True)
+            watcher.start()
         command = [*dvc_command(), "exp", "run", "--temp", "-n", name, *( [target] if target else []),
                    *(arg for item in overrides for arg in ("-S", item))]
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,9 +215,32 @@ class Runner:
                                      r"Stage '[^']+' is cached - skipping run)", line.strip())
                     if match:
                         progress(match.group(1))
+                        if match.group(1) == f"Running stage '{target}'":  # its old outputs removed by now
+                            running.set()
             status = self.process.wait()
+        finished.set()
+        if watcher is not None:
+            watcher.join()
         self.process = None
         return status, "".join(chunks)
+
+    def _watch(self, curve, on_curve, running, finished):
+        """Poll `curve` in the experiment's temporary workspace (DVC's --temp runs in
+        .dvc/tmp/exps/standalone/tmpXXXX of this clone, one at a time) while the target stage runs."""
+        last = None
+        while not finished.wait(WATCH_S):
+            if not running.is_set():
+                continue
+            for path in (self.root / TEMP_WORKSPACES).glob(f"*/{curve}"):
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except OSError:  # not written yet, or removed with the workspace
+                    continue
+                if text != last:
+                    last = text
+                    if on_curve(text):
+                        self.interrupt()
+                        return
 
     def interrupt(self, kill=False):
         """Pass a Ctrl-C (or, with kill, SIGKILL) to the running experiment and what it runs."""

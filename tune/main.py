@@ -5,8 +5,10 @@ experiments (docs/tuning.md).
     python -m tune --trials 20 --folds 5 --study lr     # each trial: 5 folds over queries, their mean
     python -m tune --trials 40 --study lr --storage postgresql://USER:PASSWORD@HOST/DB   # on every machine
 
---trials is the study's total of complete trials: a rerun (after Ctrl-C, a failure, or with a
-larger N) continues the study up to N, and with N already reached only writes the report.
+--trials is the study's total of complete trials (pruned and failed ones do not count): a rerun
+(after Ctrl-C, a failure, or with a larger N) continues the study up to N, and with N already
+reached only writes the report. A trial's value is by default the train stage's validation nDCG@10,
+so its experiments run split, encode and train only; weak trials are pruned (--pruner).
 """
 import argparse
 import os
@@ -19,16 +21,21 @@ import sys
 import threading
 import time
 import warnings
+from collections import namedtuple
 from pathlib import Path
 
-from tune import experiments, report, space as search_space, storage as storages
+from tune import experiments, pruning, report, space as search_space, storage as storages
 from tune.errors import TuneError
 
-DEFAULT_METRICS_FILE = "results/eval/metrics.json"
-DEFAULT_METRIC = "fp32.ndcg@10"
+DEFAULT_METRICS_FILE = "results/train/metrics.json"
+DEFAULT_METRIC = "eval.ndcg@10"  # the last epoch's validation nDCG@10 of the PyTorch model
 METRIC_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 MAX_RETRIES = 2  # a trial whose worker died is rerun with the same params at most this many times
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+# One --metric: KEY in the metrics file FILE, which dvc.yaml's stage STAGE writes; CURVE, the file
+# where dvclive logs KEY per epoch while that stage runs (absent for metrics that have none).
+Metric = namedtuple("Metric", "file key stage curve")
 
 
 def parse_args(argv):
@@ -47,6 +54,13 @@ def parse_args(argv):
                              f"(default: {DEFAULT_METRIC} in {DEFAULT_METRICS_FILE})")
     parser.add_argument("--direction", choices=("maximize", "minimize"), default="maximize",
                         help="maximize (default) or minimize the metric")
+    parser.add_argument("--pruner", choices=pruning.PRUNERS, default="median",
+                        help="stop weak trials early, after an epoch or a fold: Optuna's MedianPruner (default), "
+                             "HyperbandPruner, or none")
+    parser.add_argument("--warmup-trials", type=int, default=5, metavar="W",
+                        help="median: prune nothing before W trials are complete (default: %(default)s)")
+    parser.add_argument("--warmup-epochs", type=int, default=1, metavar="E",
+                        help="prune no trial on its first fold's first E epochs (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=1, metavar="J",
                         help="trials at once on this machine: one GPU each where there are several, the CPU "
                              "threads divided between them otherwise (default: %(default)s)")
@@ -66,6 +80,8 @@ def parse_args(argv):
         raise TuneError(f"--jobs {args.jobs}: expected 1 or more")
     if args.timeout is not None and args.timeout <= 0:
         raise TuneError(f"--timeout {args.timeout}: expected a positive number of minutes")
+    if args.warmup_trials < 0 or args.warmup_epochs < 0:
+        raise TuneError(f"--warmup-trials {args.warmup_trials} --warmup-epochs {args.warmup_epochs}: expected 0 or more")
     if args.max_failures < 1:
         raise TuneError(f"--max-failures {args.max_failures}: expected 1 or more")
     if not STUDY_NAME.match(args.study) or args.study.endswith(".lock"):
@@ -74,7 +90,8 @@ def parse_args(argv):
 
 
 def parse_metric(text, project):
-    """(file, key, stage) of --metric: FILE:KEY or KEY in the default file, and the stage writing FILE."""
+    """The Metric of --metric: FILE:KEY or KEY in the default file, the stage writing FILE, and the
+    file of its per-epoch values."""
     file, key = DEFAULT_METRICS_FILE, text
     head, sep, tail = text.partition(":")
     if sep and head.endswith(METRIC_FILE_SUFFIXES):
@@ -92,7 +109,7 @@ def parse_metric(text, project):
             data = None
         if isinstance(data, dict) and key not in experiments.flat_keys(data):
             raise TuneError(f"--metric {text}: {experiments.missing_key(key, file, data)}")
-    return file, key, stage
+    return Metric(file, key, stage, pruning.curve_path(file, key))
 
 
 def visible_gpus():
@@ -137,7 +154,9 @@ class Tuner:
         self.args = args
         self.project = project
         self.space = search_space.load(project.root / args.search_space, project.params)
-        self.metric_file, self.metric_key, self.target = parse_metric(args.metric, project)
+        self.metrics = [parse_metric(args.metric, project)]  # several objectives: issue 31
+        self.metric = self.metrics[0]
+        self.metric_file, self.metric_key, self.target = self.metric.file, self.metric.key, self.metric.stage
         self.url = storages.storage_url(args.storage, project.root)
         self.host = socket.gethostname()
         self.stop = threading.Event()
@@ -198,6 +217,7 @@ class Tuner:
         # constant_liar: trials running on other workers count as middling results, so that workers
         # starting together do not all try the same region.
         study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        study.pruner = pruning.make_pruner(self.args.pruner, self.args.warmup_trials, self.args.warmup_epochs)
         self.study = study
         return study
 
@@ -260,7 +280,8 @@ class Tuner:
         return f"{self.args.study}-{trial.number}" + ("" if fold is None else f"-{fold}")
 
     def run_trial(self, runner, trial):
-        """Run the trial's folds; returns (TrialState, value or None)."""
+        """Run the trial's folds, reporting each epoch's value and each fold's running mean to the
+        pruner; returns (TrialState, value or None)."""
         from optuna.trial import TrialState
 
         folds = [None] if self.args.folds is None else list(range(self.args.folds))
@@ -276,8 +297,16 @@ class Tuner:
             split = [] if fold is None else [f"split.folds={self.args.folds}", f"split.fold={fold}"]
             log = self.project.root / experiments.LOGS / self.args.study / f"{name}.log"
             trial.set_user_attr("log", str(log.relative_to(self.project.root)))
+            epochs = EpochReports(trial, fold, self.metric.key)
             status, output = runner.run(name, self.target, overrides + split, log,
-                                        lambda line, label=label: self.say(f"  {label}: {line}"), self.stop.is_set)
+                                        lambda line, label=label: self.say(f"  {label}: {line}"), self.stop.is_set,
+                                        curve=self.metric.curve, on_curve=epochs.report)
+            if epochs.pruned is not None:
+                if status == 0:  # it finished before the stop reached it: a complete fold, kept
+                    self.project.collect(runner.root, name)
+                    names.append(name)
+                    trial.set_user_attr("experiments", names)
+                return self.pruned(trial, fold, *epochs.pruned)
             if status != 0 and self.stop.is_set():
                 return self.interrupted_trial(trial, names, name)
             if status != 0:
@@ -296,6 +325,12 @@ class Tuner:
             trial.set_user_attr("fold_values", values)
             if fold is not None:
                 self.say(f"  {label}: {self.metric_key} {value:.4f} ({name})")
+            self.report_finished_epochs(trial, epochs, name)
+            if fold is not None and fold < len(folds) - 1:
+                mean = statistics.fmean(values)
+                trial.report(mean, pruning.fold_step(fold))
+                if trial.should_prune():
+                    return self.pruned(trial, fold, None, mean)
         value = statistics.fmean(values)
         with self._count:
             self.failures_in_a_row = 0
@@ -304,6 +339,30 @@ class Tuner:
         self.say(f"trial {trial.number}: {self.metric_key} {value:.4f}" + (f" (mean of {len(values)} folds)" if len(values) > 1 else "")
                  + f"; best: trial {best.number}, {best.value:.4f}")
         return TrialState.COMPLETE, value
+
+    def report_finished_epochs(self, trial, epochs, name):
+        """The epochs of a finished fold that the watch missed (the last ones, written as the run
+        ended), from the experiment's commit, where dvclive's curve is (cache: false)."""
+        if not self.metric.curve:
+            return
+        try:
+            text = self.project.read_file(self.project.experiment_rev(name), self.metric.curve)
+        except FileNotFoundError:  # a metric without a per-epoch curve
+            return
+        epochs.report(text, prune=False)
+
+    def pruned(self, trial, fold, epoch, value):
+        """Record the trial as PRUNED, where it stopped (fold: split.fold, None on the holdout split;
+        epoch: None when pruned between folds) and its value there; its finished folds stay experiments."""
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("pruned", {"fold": fold, "epoch": epoch, "value": value})
+        self.study.tell(trial, state=TrialState.PRUNED)
+        with self._count:
+            self.failures_in_a_row = 0
+        self.say(f"trial {trial.number}: pruned {pruned_where(fold, epoch, self.args.folds)}: "
+                 f"{self.metric_key} {value:.4f}" + (" (running mean)" if epoch is None else ""))
+        return TrialState.PRUNED, value
 
     def failed(self, trial, names, name, line, log):
         from optuna.trial import TrialState
@@ -430,6 +489,36 @@ class Tuner:
         if self.interrupted:
             return 130
         return 0
+
+
+def pruned_where(fold, epoch, folds):
+    """Where a trial was pruned, in words: 'at epoch 2', 'at epoch 2 of fold 1/3', 'after fold 1/3'."""
+    of_fold = "" if folds is None else f"fold {fold + 1}/{folds}"
+    if epoch is None:
+        return f"after {of_fold}"
+    return f"at epoch {epoch}" + (f" of {of_fold}" if of_fold else "")
+
+
+class EpochReports:
+    """A fold's per-epoch values, reported to its trial as the curve file grows (pruning.epoch_step);
+    pruned: (epoch, value) where the pruner stopped it, else None."""
+
+    def __init__(self, trial, fold, key):
+        self.trial, self.fold, self.key = trial, fold, key
+        self.reported = 0
+        self.pruned = None
+
+    def report(self, text, prune=True):
+        """Report the epochs not reported yet; True when the pruner says stop (with prune)."""
+        values = pruning.curve_values(text, self.key)
+        for epoch in range(self.reported + 1, len(values) + 1):
+            value = values[epoch - 1]
+            self.trial.report(value, pruning.epoch_step(self.fold, epoch))
+            self.reported = epoch
+            if prune and self.trial.should_prune():
+                self.pruned = (epoch, value)
+                return True
+        return False
 
 
 def main(argv=None):

@@ -32,13 +32,25 @@ def trial_record(trial):
         record["retry_of"] = attrs["retry_of"]
     if attrs.get("current_params"):
         record["current_params"] = True
+    if attrs.get("pruned"):
+        record["pruned"] = attrs["pruned"]  # fold (split.fold; null: holdout), epoch (null: after the fold), value
     return record
 
 
+def pruned_text(tuner, pruned):
+    from tune.main import pruned_where
+
+    return (f"pruned {pruned_where(pruned['fold'], pruned['epoch'], tuner.args.folds)} "
+            f"({'running mean ' if pruned['epoch'] is None else ''}{pruned['value']:.4f})")
+
+
 def apply_lines(tuner, best):
-    """The commands that bring the best trial's experiment into a workspace."""
+    """The commands that bring the best trial's experiment into a workspace and run the whole
+    pipeline on its params (the experiments stop at the metric's stage)."""
     name = best["experiments"][0] if best["experiments"] else None
     lines = []
+    stages = list(tuner.project.dvc_yaml.get("stages") or {})
+    later = stages[stages.index(tuner.target) + 1:] if tuner.target in stages else []
     elsewhere = best.get("host") != tuner.host or best.get("repo") != str(tuner.project.root)
     if name and best.get("host") and elsewhere:
         where = best["host"] if best["host"] != tuner.host else best["repo"]
@@ -47,7 +59,9 @@ def apply_lines(tuner, best):
         lines.append(f"dvc exp apply {name}")
     if tuner.args.folds:
         settings = " ".join(f"-S {search_space.override(k, v)}" for k, v in best["params"].items())
-        lines.append(f"dvc exp run -S split.folds=null {settings}   # the best params on the holdout split")
+        lines.append(f"dvc exp run -S split.folds=null {settings}   # the best params on the holdout split, every stage")
+    elif name and later:
+        lines.append(f"dvc repro   # the stages after {tuner.target}: {', '.join(later)}")
     return lines
 
 
@@ -99,6 +113,8 @@ def write(tuner, study):
         "folds": tuner.args.folds, "search_space": search_space.describe(tuner.space),
         "complete": sum(r["state"] == "COMPLETE" for r in records),
         "failed": sum(r["state"] == "FAIL" for r in records),
+        "pruned": sum(r["state"] == "PRUNED" for r in records),
+        "pruner": tuner.args.pruner,
         "trials": records,
         "best": None if best is None else {**{k: best[k] for k in ("number", "value", "fold_values", "params", "experiments", "host", "repo")},
                                            "apply": apply_lines(tuner, best)},
@@ -135,10 +151,11 @@ def table(header, rows):
 
 
 def markdown(tuner, record, best, current, pictures):
-    metric = f"{tuner.metric_key}" + ("" if tuner.metric_file == "results/eval/metrics.json" else f" ({tuner.metric_file})")
+    metric = f"{tuner.metric_key} ({tuner.metric_file})"
     split = f"mean of {tuner.args.folds} folds over queries" if tuner.args.folds else "holdout split"
     lines = [f"# Study `{record['study']}`", "",
-             f"{record['complete']} complete and {record['failed']} failed trials; value: {metric}, {tuner.args.direction}d, "
+             f"{record['complete']} complete, {record['pruned']} pruned ({tuner.args.pruner} pruner) and {record['failed']} "
+             f"failed trials; value: {metric}, {tuner.args.direction}d, "
              f"{split}. Storage: `{record['storage']}`. Written by `python -m tune` (docs/tuning.md).", ""]
     if best:
         lines += [f"**Best: trial {best['number']}, {tuner.metric_key} {best['value']:.4f}**"
@@ -151,13 +168,15 @@ def markdown(tuner, record, best, current, pictures):
         value = "" if r["value"] is None else f"{r['value']:.4f}"
         folds = ", ".join(f"{v:.4f}" for v in r["fold_values"] or []) if tuner.args.folds else ""
         outcome = ", ".join(r["experiments"]) if r["state"] == "COMPLETE" else (r["error"] or "")
+        if r.get("pruned"):
+            outcome = "; ".join([pruned_text(tuner, r["pruned"]), *([", ".join(r["experiments"])] if r["experiments"] else [])])
         marks = (" (best)" if best and r["number"] == best["number"] else "") + (" (params.yaml)" if r.get("current_params") else "") \
             + (f" (rerun of {r['retry_of']})" if r.get("retry_of") is not None else "")
         rows.append([f"{r['number']}{marks}", r["state"], value, *([folds] if tuner.args.folds else []),
                      *(_fmt(r["params"].get(k)) if k in r["params"] else "" for k in keys),
                      outcome.replace("|", "\\|")])
     header = ["trial", "state", tuner.metric_key, *(["folds"] if tuner.args.folds else []), *keys,
-              "experiments (or why it failed)"]
+              "experiments (or where it was pruned, or why it failed)"]
     lines += ["## Trials", "", *table(header, rows), ""]
     lines += ["## Pictures", ""]
     for kind, title in (("history", "The objective over trials"), ("importances", "The params' importances (fANOVA)")):
@@ -169,7 +188,8 @@ def markdown(tuner, record, best, current, pictures):
 
 def summary_lines(tuner, study, paths):
     record = json.loads(Path(paths["json"]).read_text())
-    lines = [f"tune: study '{record['study']}': {record['complete']} complete, {record['failed']} failed trial(s); "
+    lines = [f"tune: study '{record['study']}': {record['complete']} complete, {record['pruned']} pruned, "
+             f"{record['failed']} failed trial(s); "
              f"report: {Path(paths['md']).relative_to(tuner.project.root)}"]
     best = record["best"]
     if best:
