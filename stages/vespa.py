@@ -130,17 +130,19 @@ def measure(paths, metadata, val_pairs, tokenizer, length, cls_sep, params):
 
     from scorer import RelevanceScorer, relevance_probability
     from stages.metrics import metrics_by_scorer
-    from stages.vespa_hits import cost, hit_feeds, hit_session, rerun_change, score_hits
+    from stages.vespa_hits import cost, hit_feeds, hit_session, rerun_change, score_hits, time_hits
 
     queries, titles = val_pairs["query"].tolist(), val_pairs["title"].tolist()
     feeds = hit_feeds(tokenizer, queries, titles, length, *cls_sep, metadata["inputs"])
-    threads = params["intraop_threads"] or 1
+    threads, output = params["intraop_threads"] or 1, metadata["output"]
     gflop = gflop_per_hit(paths["fp32"], length)  # the same products in every candidate
+    sessions = {name: hit_session(path, threads) for name, path in paths.items()}
+    milliseconds = time_hits(sessions, feeds, output, params["timed_hits"])
     costs, scores = {}, {}
     for name, path in paths.items():
-        logits, milliseconds = score_hits(hit_session(path, threads), feeds, metadata["output"], params["timed_hits"])
-        costs[name] = {"file": FILES[name], **cost(milliseconds, threads, params["rerank_count"]), "gflop_per_hit": gflop,
-                       "rerun_logit_change": rerun_change(path, feeds[:params["rerun_hits"]], metadata["output"], logits)}
+        logits = score_hits(sessions[name], feeds, output)
+        costs[name] = {"file": FILES[name], **cost(milliseconds[name], threads, params["rerank_count"]), "gflop_per_hit": gflop,
+                       "rerun_logit_change": rerun_change(path, feeds[:params["rerun_hits"]], output, logits)}
         scores[name] = relevance_probability(logits, metadata)
     scores["evaluate_fp32"] = RelevanceScorer(paths["fp32"]).scores(queries, titles)
     query_ids = pd.util.hash_pandas_object(val_pairs["query"], index=False).to_numpy()

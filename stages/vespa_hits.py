@@ -16,6 +16,7 @@ from stages.common import read_pairs
 
 LENGTH_STEP = 8  # L is a multiple of 8: the kernels' vector widths, and a round number in a schema
 WARMUP_HITS = 10  # runs before the timed ones: allocations and kernel selection happen there
+TIMING_BLOCK = 20  # hits timed in a row per file before the next file's turn
 RERUN_THREADS = (1, 4)  # a hit scored again at these intra-op threads: ceil(vCPU/4) on a 4- and a 16-vCPU node
 
 
@@ -94,21 +95,29 @@ def hit_feeds(tokenizer, queries, titles, length, cls, sep, inputs):
     return feeds
 
 
-def score_hits(session, feeds, output, timed_runs):
-    """Each hit's logits, one run per hit as Vespa's global phase runs them, and the milliseconds of
-    at least `timed_runs` runs after WARMUP_HITS untimed ones: the hits are cycled through again when
-    there are fewer of them."""
-    for feed in feeds[:1] * WARMUP_HITS:
-        session.run([output], feed)
-    logits, milliseconds = [], []
-    for run in range(max(len(feeds), timed_runs)):
-        feed = feeds[run % len(feeds)]
-        start = time.perf_counter()
-        (result,) = session.run([output], feed)
-        milliseconds.append((time.perf_counter() - start) * 1000)
-        if run < len(feeds):
-            logits.append(result[0])
-    return np.array(logits), milliseconds
+def score_hits(session, feeds, output):
+    """Each hit's logits, one run per hit as Vespa's global phase runs them."""
+    return np.array([session.run([output], feed)[0][0] for feed in feeds])
+
+
+def time_hits(sessions, feeds, output, timed_runs):
+    """{name: the milliseconds of at least `timed_runs` single-hit runs} for each of `sessions`, after
+    WARMUP_HITS untimed runs each. They are timed in blocks of TIMING_BLOCK hits in a row, the sessions
+    taking turns, each block after one untimed run: a load that drifts while the machine is shared
+    then weighs on every file alike. The hits are cycled through."""
+    for session in sessions.values():
+        for feed in feeds[:1] * WARMUP_HITS:
+            session.run([output], feed)
+    milliseconds = {name: [] for name in sessions}
+    for block in range(0, timed_runs, TIMING_BLOCK):
+        for name, session in sessions.items():
+            session.run([output], feeds[block % len(feeds)])
+            for run in range(block, block + TIMING_BLOCK):
+                feed = feeds[run % len(feeds)]
+                start = time.perf_counter()
+                session.run([output], feed)
+                milliseconds[name].append((time.perf_counter() - start) * 1000)
+    return milliseconds
 
 
 def rerun_change(onnx_path, feeds, output, logits):
@@ -116,8 +125,7 @@ def rerun_change(onnx_path, feeds, output, logits):
     at every count of RERUN_THREADS intra-op threads: 0 when the file scores deterministically."""
     change = 0.0
     for threads in RERUN_THREADS:
-        session = hit_session(onnx_path, threads)
-        again = np.array([session.run([output], feed)[0][0] for feed in feeds])
+        again = score_hits(hit_session(onnx_path, threads), feeds, output)
         change = max(change, float(np.abs(again - logits[:len(feeds)]).max()))
     return change
 
