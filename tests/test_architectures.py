@@ -115,7 +115,8 @@ def test_an_architecture_without_a_recipe_trains_uncached_and_says_so(tiny_model
     model = DistilBertForSequenceClassification(tiny_config(DistilBertConfig, len(tokenizer), dim=32, hidden_dim=64,
                                                             n_layers=1, n_heads=2))
     model.base_model.requires_grad_(False)
-    pairs = Dataset.from_dict({**tokenizer(PAIRS[0] * 4, PAIRS[1] * 4), "label": [1, 0, 0] * 4})
+    # with each pair's query, as the encode stage keeps it: train ranks the validation pairs by query
+    pairs = Dataset.from_dict({**tokenizer(PAIRS[0] * 4, PAIRS[1] * 4), "label": [1, 0, 0] * 4, "query": PAIRS[0] * 4})
     args = training_arguments({**TRAIN_PARAMS, "epochs": 1}, tmp_path)
     trainer, val_inputs = make_trainer(TRAIN_PARAMS, args, model, tokenizer, pairs, pairs, tmp_path / "features")
     assert capsys.readouterr().out.strip() == ("train: train.cache_features: no cached-feature recipe for distilbert "

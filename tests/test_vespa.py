@@ -7,7 +7,6 @@ deterministically; the fused graph scores as model.onnx does in every architectu
 No Vespa engine runs here: its schema parser and the ranking itself are Java. stages.vespa's
 token_features re-implements Vespa's rank features from TokenTransformer.java."""
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from stages.export import export_onnx, save_serving_tokenizer, write_metadata
 from stages.vespa import separators, write_package
 from stages.vespa_files import FILES, build_candidates, fuse_to_multi_head_attention
 from stages.vespa_hits import covering_length, embed, rerun_change, token_features, vespa_tokenizer
-from tests.conftest import run_cli, run_stages_in_process
+from tests.conftest import require_tool, run_cli, run_stages_in_process
 from tests.tiny import PROJECT_ROOT, TINY_MODELS, csv_texts
 
 SCHEMAS = PROJECT_ROOT.parent / "shared/vespa/schema"
@@ -35,10 +34,7 @@ SCHEMAS = PROJECT_ROOT.parent / "shared/vespa/schema"
 
 def jing(services_xml):
     """Vespa's validation of services.xml, with its RELAX NG schemas (../shared/vespa/schema, beside the checkout)."""
-    if not (shutil.which("jing") and SCHEMAS.is_dir()):
-        if os.environ.get("CI"):
-            pytest.fail("CI needs jing (.ci/run installs it) and ../shared/vespa/schema")
-        pytest.skip("needs jing (apt-get install jing) and ../shared/vespa/schema")
+    require_tool(shutil.which("jing") and SCHEMAS.is_dir(), "needs jing (apt-get install jing) and ../shared/vespa/schema")
     return subprocess.run(["jing", "-c", str(SCHEMAS / "services.rnc"), str(services_xml)], capture_output=True, text=True)
 
 
