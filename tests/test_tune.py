@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dvc_experiments, git, pipeline_env, run_cli
+from tests.conftest import dvc_experiments, git, pipeline_env, require_tool, run_cli
 from tests.tiny import PROJECT_ROOT, make_scratch_project, set_params
 
 SPACE = """\
@@ -215,8 +215,7 @@ def postgres():
     The server refuses to run as root: as root, it runs as the `postgres` user. Its port is picked at
     random and the start retried on another when that one is taken (no free-port probe to race)."""
     bindir = postgres_bin()
-    if bindir is None:
-        pytest.skip("initdb not found (Debian: apt-get install postgresql; .ci/run installs it)")
+    require_tool(bindir is not None, "initdb not found (Debian: apt-get install postgresql)")
     as_user = []
     folder = Path(tempfile.mkdtemp(prefix="tune-postgres-"))  # not under pytest's root-only tmp_path
     if os.geteuid() == 0:
@@ -378,3 +377,56 @@ def test_a_diverging_trial_is_pruned_within_its_epochs_and_leaves_nothing_half_w
 def experiment_rev(project, name):
     refs = git("for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/", cwd=project).stdout.splitlines()
     return next(line.split()[0] for line in refs if line.endswith(f"/{name}"))
+
+
+def test_two_metrics_make_a_pareto_front_that_resumes_and_refuses_other_metrics(tmp_path, csv_path, tiny_bert):
+    """Two objectives (split's val_pairs, maximized, and val_queries, minimized) on the holdout split:
+    each trial's values are its experiment's metrics, the report's front is exactly the complete
+    trials no other one dominates, each with its apply line; a rerun goes on, one with other metrics is refused."""
+    project = tune_project(tmp_path / "project", csv_path, tiny_bert,
+                           space="split.seed: {type: int, low: 0, high: 1000}\n"
+                                 "split.val_size: {type: categorical, choices: [0.25, 0.4]}\n")
+    both = ["--study", "front", "--search-space", "space.yaml", "--seed", "1",
+            "--metric", "results/split/metrics.json:val_pairs:maximize", "--metric", "results/split/metrics.json:val_queries:minimize"]
+    tune(project, "--trials", "1", *both)
+    assert "--pruner median applies to one metric" in tune(project, "--trials", "3", *both).stdout
+    report = study_report(project, "front")
+    assert [t["state"] for t in report["trials"]] == ["COMPLETE"] * 3 and report["pruner"] == "none"
+    shown = dvc_experiments(project, "results/split/metrics.json")
+    for trial in report["trials"]:
+        (name,) = trial["experiments"]
+        assert trial["values"] == [shown[name][1]["val_pairs"], shown[name][1]["val_queries"]]
+
+    def dominates(a, b):
+        better_or_equal = a[0] >= b[0] and a[1] <= b[1]
+        return better_or_equal and (a[0] > b[0] or a[1] < b[1])
+
+    values = {t["number"]: t["values"] for t in report["trials"]}
+    expected = {n for n, v in values.items() if not any(dominates(w, v) for m, w in values.items() if m != n)}
+    assert {t["number"] for t in report["pareto_front"]} == expected
+    for trial in report["pareto_front"]:
+        assert trial["apply"][0] == f"dvc exp apply front-{trial['number']}"
+    assert (project / "results/tune/front-pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    refused = tune(project, "--trials", "4", "--study", "front", "--search-space", "space.yaml",
+                   "--metric", "results/split/metrics.json:val_pairs", check=False)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stderr.startswith("error: --metric: study 'front' was run with --metric results/split/metrics.json:"
+                                     "val_pairs:maximize --metric results/split/metrics.json:val_queries:minimize")
+
+
+def test_a_time_measured_on_different_cpus_is_warned_about(tmp_path):
+    """The report warns when a metric is a measured time and the complete trials ran on several CPUs."""
+    from types import SimpleNamespace
+
+    from tune.main import Metric
+    from tune.report import cpu_warning
+
+    def tuner(*keys):
+        return SimpleNamespace(metrics=[Metric("results/vespa/metrics.json", key, "vespa", None, "minimize") for key in keys])
+
+    trials = [{"state": "COMPLETE", "cpu": "AMD EPYC, 2 cores, AVX2"},
+              {"state": "COMPLETE", "cpu": "Intel Xeon, 2 cores, AMX-INT8 and AVX-512 VNNI"}]
+    warning = cpu_warning(tuner("served.ndcg@10", "served.ms_per_hit"), trials)
+    assert warning.startswith("warning: served.ms_per_hit were measured on 2 different CPUs (AMD EPYC")
+    assert cpu_warning(tuner("served.ndcg@10", "served.gflop_per_hit"), trials) is None, "arithmetic does not depend on the CPU"
+    assert cpu_warning(tuner("served.ms_per_hit"), trials[:1] * 2) is None

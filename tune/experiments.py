@@ -180,10 +180,10 @@ class Runner:
         config.write()
         self._made = True
 
-    def run(self, name, target, overrides, log_path, progress, stopping=lambda: False, curve=None, on_curve=None):
-        """`dvc exp run --temp -n name target -S ...` here; its output goes to log_path, and each
+    def run(self, name, targets, overrides, log_path, progress, stopping=lambda: False, curve=None, on_curve=None):
+        """`dvc exp run --temp -n name TARGET... -S ...` here; its output goes to log_path, and each
         stage it starts or skips to progress(line). Returns (exit status, output). stopping(): whether
-        a Ctrl-C came before the run started, which then gets it at once. While `target` runs,
+        a Ctrl-C came before the run started, which then gets it at once. While the last target runs,
         on_curve(text) gets the file `curve` (a path in the experiment's workspace) each time it
         changes; when it returns True, the run is stopped as by Ctrl-C."""
         self.make()
@@ -193,7 +193,7 @@ class Runner:
         if curve and on_curve:
             watcher = threading.Thread(target=self._watch, args=(curve, on_curve, running, finished), daemon=True)
             watcher.start()
-        command = [*dvc_command(), "exp", "run", "--temp", "-n", name, *( [target] if target else []),
+        command = [*dvc_command(), "exp", "run", "--temp", "-n", name, *targets,
                    *(arg for item in overrides for arg in ("-S", item))]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         chunks = []
@@ -215,7 +215,7 @@ class Runner:
                                      r"Stage '[^']+' is cached - skipping run)", line.strip())
                     if match:
                         progress(match.group(1))
-                        if match.group(1) == f"Running stage '{target}'":  # its old outputs removed by now
+                        if match.group(1) == f"Running stage '{targets[-1]}'":  # its old outputs removed by now
                             running.set()
             status = self.process.wait()
         finished.set()

@@ -24,6 +24,7 @@ import warnings
 from collections import namedtuple
 from pathlib import Path
 
+from stages.common import cpu_description
 from tune import experiments, pruning, report, space as search_space, storage as storages
 from tune.errors import TuneError
 
@@ -33,9 +34,11 @@ METRIC_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 MAX_RETRIES = 2  # a trial whose worker died is rerun with the same params at most this many times
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
-# One --metric: KEY in the metrics file FILE, which dvc.yaml's stage STAGE writes; CURVE, the file
-# where dvclive logs KEY per epoch while that stage runs (absent for metrics that have none).
-Metric = namedtuple("Metric", "file key stage curve")
+# One --metric: KEY in the metrics file FILE, which dvc.yaml's stage STAGE writes, maximized or
+# minimized (DIRECTION); CURVE, the file where dvclive logs KEY per epoch while that stage runs
+# (absent for metrics that have none).
+Metric = namedtuple("Metric", "file key stage curve direction")
+DIRECTIONS = ("maximize", "minimize")
 
 
 def parse_args(argv):
@@ -49,11 +52,12 @@ def parse_args(argv):
     parser.add_argument("--study", default="tune", help="the study's name, and its experiments' prefix (default: %(default)s)")
     parser.add_argument("--storage", metavar="URL", help=f"Optuna storage: sqlite:///PATH (default: {storages.DEFAULT_DB}, "
                         "git-ignored) or postgresql://USER:PASSWORD@HOST:PORT/DATABASE, shared by many machines")
-    parser.add_argument("--metric", default=DEFAULT_METRIC, metavar="[FILE:]KEY",
+    parser.add_argument("--metric", action="append", metavar="[FILE:]KEY[:maximize|:minimize]",
                         help=f"the value of a trial: KEY in FILE, a metrics file a stage writes "
-                             f"(default: {DEFAULT_METRIC} in {DEFAULT_METRICS_FILE})")
-    parser.add_argument("--direction", choices=("maximize", "minimize"), default="maximize",
-                        help="maximize (default) or minimize the metric")
+                             f"(default: {DEFAULT_METRIC} in {DEFAULT_METRICS_FILE}); repeat it for a multi-objective "
+                             f"study, whose report gives the Pareto front")
+    parser.add_argument("--direction", choices=DIRECTIONS, default="maximize",
+                        help="maximize (default) or minimize the metrics that do not say")
     parser.add_argument("--pruner", choices=pruning.PRUNERS, default="median",
                         help="stop weak trials early, after an epoch or a fold: Optuna's MedianPruner (default), "
                              "HyperbandPruner, or none")
@@ -72,6 +76,7 @@ def parse_args(argv):
     parser.add_argument("--max-failures", type=int, default=5, metavar="M",
                         help="stop when M trials in a row have failed in this run (default: %(default)s)")
     args = parser.parse_args(argv)
+    args.metric = args.metric or [DEFAULT_METRIC]
     if args.trials < 0:
         raise TuneError(f"--trials {args.trials}: expected 0 or more")
     if args.folds is not None and args.folds < 2:
@@ -89,13 +94,16 @@ def parse_args(argv):
     return args
 
 
-def parse_metric(text, project):
-    """The Metric of --metric: FILE:KEY or KEY in the default file, the stage writing FILE, and the
-    file of its per-epoch values."""
+def parse_metric(text, project, direction="maximize"):
+    """The Metric of one --metric: FILE:KEY or KEY in the default file, optionally followed by
+    :maximize or :minimize (else `direction`), the stage writing FILE, and the file of its per-epoch values."""
     file, key = DEFAULT_METRICS_FILE, text
     head, sep, tail = text.partition(":")
     if sep and head.endswith(METRIC_FILE_SUFFIXES):
         file, key = head, tail
+    name, sep, suffix = key.rpartition(":")
+    if sep and suffix in DIRECTIONS:
+        key, direction = name, suffix
     if not key:
         raise TuneError(f"--metric {text}: no key; expected [FILE:]KEY such as {DEFAULT_METRIC}")
     stage = project.stage_writing(file)
@@ -109,7 +117,23 @@ def parse_metric(text, project):
             data = None
         if isinstance(data, dict) and key not in experiments.flat_keys(data):
             raise TuneError(f"--metric {text}: {experiments.missing_key(key, file, data)}")
-    return Metric(file, key, stage, pruning.curve_path(file, key))
+    return Metric(file, key, stage, pruning.curve_path(file, key), direction)
+
+
+def parse_metrics(texts, project, direction):
+    """The Metrics of every --metric, in order; the same FILE:KEY twice is refused."""
+    metrics = [parse_metric(text, project, direction) for text in texts]
+    seen = set()
+    for text, metric in zip(texts, metrics):
+        if (metric.file, metric.key) in seen:
+            raise TuneError(f"--metric {text}: {metric.key} in {metric.file} is given twice")
+        seen.add((metric.file, metric.key))
+    return metrics
+
+
+def describe_metrics(metrics):
+    """The study's objectives as the study records them: [[file, key, direction], ...]."""
+    return [[m.file, m.key, m.direction] for m in metrics]
 
 
 def visible_gpus():
@@ -154,11 +178,16 @@ class Tuner:
         self.args = args
         self.project = project
         self.space = search_space.load(project.root / args.search_space, project.params)
-        self.metrics = [parse_metric(args.metric, project)]  # several objectives: issue 31
+        self.metrics = parse_metrics(args.metric, project, args.direction)
+        self.multi = len(self.metrics) > 1  # a multi-objective study: a Pareto front, no pruning
         self.metric = self.metrics[0]
-        self.metric_file, self.metric_key, self.target = self.metric.file, self.metric.key, self.metric.stage
+        self.metric_file, self.metric_key = self.metric.file, self.metric.key
+        # The stages writing the metrics: each experiment runs them and what they need, nothing after.
+        self.targets = list(dict.fromkeys(m.stage for m in self.metrics))
         self.url = storages.storage_url(args.storage, project.root)
         self.host = socket.gethostname()
+        machine = cpu_description()
+        self.cpu = f"{machine['cpu']}, {machine['cores']} cores, {machine['isa']}"
         self.stop = threading.Event()
         self.interrupted = False
         self.stop_reason = None
@@ -183,15 +212,21 @@ class Tuner:
         # Heartbeats are recorded here by tune's own thread per trial, not by Study.optimize.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         self.storage, self.locks = storages.open_storage(self.url, self.rerun_stale)
-        settings = {"metric_file": self.metric_file, "metric": self.metric_key, "folds": self.args.folds,
-                    "search_space": search_space.describe(self.space)}
+        objectives = describe_metrics(self.metrics)
+        settings = {"metrics": objectives, "metric_file": self.metric_file, "metric": self.metric_key,
+                    "folds": self.args.folds, "search_space": search_space.describe(self.space)}
         with self.locks.hold(f"tune-claim:{self.args.study}"):
-            study = optuna.create_study(storage=self.storage, study_name=self.args.study, direction=self.args.direction,
-                                        load_if_exists=True)
-            if study.direction.name.lower() != self.args.direction:
-                raise TuneError(f"--direction {self.args.direction}: study '{self.args.study}' "
-                                f"{study.direction.name.lower()}s its metric")
+            study = optuna.create_study(storage=self.storage, study_name=self.args.study,
+                                        directions=[m.direction for m in self.metrics], load_if_exists=True)
             known = study.user_attrs.get("tune")
+            directions = [d.name.lower() for d in study.directions]
+            # Studies from before several metrics recorded one metric_file and metric.
+            theirs = (known or {}).get("metrics") or ([[known["metric_file"], known["metric"], directions[0]]] if known else None)
+            if (theirs or objectives) != objectives or directions != [m.direction for m in self.metrics]:
+                shown = " ".join(f"--metric {f}:{k}:{d}" for f, k, d in theirs) if theirs else \
+                    f"{len(directions)} objective(s) ({', '.join(directions)})"
+                raise TuneError(f"--metric: study '{self.args.study}' was run with {shown}; a study keeps its metrics "
+                                f"and their directions (give another --study)")
             if known is None:
                 taken = self.project.experiments_named(f"{self.args.study}-")
                 if taken and not study.trials:
@@ -202,11 +237,9 @@ class Tuner:
                 study.set_user_attr("tune", {**settings, "commit": self.project.head})
                 self.enqueue_current_params(study)
             else:
-                for option, field in (("--metric", "metric_file"), ("--metric", "metric"), ("--folds", "folds")):
-                    if known.get(field) != settings[field]:
-                        theirs = f"{known['metric_file']}:{known['metric']}" if option == "--metric" else known.get(field)
-                        raise TuneError(f"{option}: study '{self.args.study}' was run with {option} {theirs}; "
-                                        f"a study keeps one metric and one split (give another --study)")
+                if known.get("folds") != settings["folds"]:
+                    raise TuneError(f"--folds: study '{self.args.study}' was run with --folds {known.get('folds')}; "
+                                    f"a study keeps one split (give another --study)")
                 if known.get("search_space") != settings["search_space"]:
                     self.say(f"tune: note: {self.args.search_space} differs from the space study '{self.args.study}' "
                              f"started with; its next trials search the new one")
@@ -217,7 +250,12 @@ class Tuner:
         # constant_liar: trials running on other workers count as middling results, so that workers
         # starting together do not all try the same region.
         study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-        study.pruner = pruning.make_pruner(self.args.pruner, self.args.warmup_trials, self.args.warmup_epochs)
+        # Optuna's pruners take one intermediate value per step: a multi-objective study is not pruned.
+        study.pruner = pruning.make_pruner("none" if self.multi else self.args.pruner, self.args.warmup_trials,
+                                           self.args.warmup_epochs)
+        if self.multi and self.args.pruner != "none":
+            self.say(f"tune: note: --pruner {self.args.pruner} applies to one metric; this study has "
+                     f"{len(self.metrics)}, so no trial is pruned")
         self.study = study
         return study
 
@@ -267,6 +305,7 @@ class Tuner:
                     trial.set_user_attr("host", self.host)
                     trial.set_user_attr("repo", str(self.project.root))
                     trial.set_user_attr("commit", self.project.head)
+                    trial.set_user_attr("cpu", self.cpu)  # a time measured on it means nothing on another
                     return trial
             if not waiting_said:
                 self.say(f"tune: {complete} of {self.args.trials} trials complete, {running} running: "
@@ -281,7 +320,7 @@ class Tuner:
 
     def run_trial(self, runner, trial):
         """Run the trial's folds, reporting each epoch's value and each fold's running mean to the
-        pruner; returns (TrialState, value or None)."""
+        pruner (one metric); returns (TrialState, value, or the values of several metrics, or None)."""
         from optuna.trial import TrialState
 
         folds = [None] if self.args.folds is None else list(range(self.args.folds))
@@ -298,9 +337,9 @@ class Tuner:
             log = self.project.root / experiments.LOGS / self.args.study / f"{name}.log"
             trial.set_user_attr("log", str(log.relative_to(self.project.root)))
             epochs = EpochReports(trial, fold, self.metric.key)
-            status, output = runner.run(name, self.target, overrides + split, log,
+            status, output = runner.run(name, self.targets, overrides + split, log,
                                         lambda line, label=label: self.say(f"  {label}: {line}"), self.stop.is_set,
-                                        curve=self.metric.curve, on_curve=epochs.report)
+                                        curve=None if self.multi else self.metric.curve, on_curve=epochs.report)
             if epochs.pruned is not None:
                 if status == 0:  # it finished before the stop reached it: a complete fold, kept
                     self.project.collect(runner.root, name)
@@ -314,31 +353,45 @@ class Tuner:
             self.project.collect(runner.root, name)
             names.append(name)
             trial.set_user_attr("experiments", names)
-            value, why, missing = experiments.read_metric(self.project, self.project.experiment_rev(name),
-                                                          self.metric_file, self.metric_key)
-            if value is None:
-                result = self.failed(trial, names, name, f"error: {why}", log)
-                if missing:  # every trial would fail the same way
-                    self.halt(TuneError(f"--metric {self.args.metric}: {why}"))
-                return result
-            values.append(value)
+            rev = self.project.experiment_rev(name)
+            fold_values = []
+            for text, metric in zip(self.args.metric, self.metrics):
+                value, why, missing = experiments.read_metric(self.project, rev, metric.file, metric.key)
+                if value is None:
+                    result = self.failed(trial, names, name, f"error: {why}", log)
+                    if missing:  # every trial would fail the same way
+                        self.halt(TuneError(f"--metric {text}: {why}"))
+                    return result
+                fold_values.append(value)
+            # One number per fold for one metric (as before several), a list per fold for several.
+            values.append(fold_values if self.multi else fold_values[0])
             trial.set_user_attr("fold_values", values)
             if fold is not None:
-                self.say(f"  {label}: {self.metric_key} {value:.4f} ({name})")
+                self.say(f"  {label}: {self.shown_values(fold_values)} ({name})")
+            if self.multi:
+                continue
             self.report_finished_epochs(trial, epochs, name)
             if fold is not None and fold < len(folds) - 1:
                 mean = statistics.fmean(values)
                 trial.report(mean, pruning.fold_step(fold))
                 if trial.should_prune():
                     return self.pruned(trial, fold, None, mean)
-        value = statistics.fmean(values)
+        means = [statistics.fmean(column) for column in zip(*values)] if self.multi else [statistics.fmean(values)]
         with self._count:
             self.failures_in_a_row = 0
-        self.study.tell(trial, value)
-        best = self.study.best_trial
-        self.say(f"trial {trial.number}: {self.metric_key} {value:.4f}" + (f" (mean of {len(values)} folds)" if len(values) > 1 else "")
-                 + f"; best: trial {best.number}, {best.value:.4f}")
-        return TrialState.COMPLETE, value
+        self.study.tell(trial, means if self.multi else means[0])
+        if self.multi:
+            front = [t.number for t in self.study.best_trials]
+            standing = f"Pareto front: trial{'s' if len(front) > 1 else ''} {', '.join(map(str, front))}"
+        else:
+            best = self.study.best_trial
+            standing = f"best: trial {best.number}, {best.value:.4f}"
+        self.say(f"trial {trial.number}: {self.shown_values(means)}" + (f" (mean of {len(values)} folds)" if len(values) > 1 else "")
+                 + f"; {standing}")
+        return TrialState.COMPLETE, means if self.multi else means[0]
+
+    def shown_values(self, values):
+        return ", ".join(f"{metric.key} {value:.4f}" for metric, value in zip(self.metrics, values))
 
     def report_finished_epochs(self, trial, epochs, name):
         """The epochs of a finished fold that the watch missed (the last ones, written as the run
@@ -461,9 +514,9 @@ class Tuner:
         study = self.open()
         counts = lambda: [t.state for t in study.get_trials(deepcopy=False)].count(TrialState.COMPLETE)  # noqa: E731
         self.say(f"tune: study '{self.args.study}' in {storages.shown(self.url)}: {counts()} of {self.args.trials} "
-                 f"trials complete; {self.metric_key} in {self.metric_file} ({self.args.direction}), "
+                 f"trials complete; " + ", ".join(f"{m.key} in {m.file} ({m.direction})" for m in self.metrics) + ", "
                  + (f"{self.args.folds} folds" if self.args.folds else "holdout split")
-                 + f"; each experiment: dvc exp run --temp {self.target}")
+                 + f"; each experiment: dvc exp run --temp {' '.join(self.targets)}")
         envs, notes = slot_environments(self.args.jobs)
         for note in notes:
             self.say(f"tune: {note}")
