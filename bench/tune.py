@@ -12,7 +12,8 @@ bench.int8 uses it, given to the pipeline as a local model folder (model.name). 
 bench.synthetic.realistic_pairs: --queries queries of --titles titles, half of them relevant,
 ambiguous enough that ranking stays short of perfect. The project is a scratch copy (git + DVC) in
 --workdir with tune/ and search_space.yaml, run with the shipped params.yaml but for data.url and
-model.name; every trial is --folds experiments (`dvc exp run --temp evaluate`, one per fold), and the
+model.name; every trial is --folds experiments (`dvc exp run --temp train`, one per fold, valued by
+train's validation nDCG@10, pruned by tune's median pruner from --warmup-trials complete trials on), and the
 tune study stops starting trials after --minutes (running ones finish). Writes bench/results/NAME.json
 and NAME.md, and copies the study's pictures beside them.
 """
@@ -50,7 +51,7 @@ def make_project(args, model_dir):
 
 def run_tune(project, args):
     command = [sys.executable, "-m", "tune", "--study", STUDY, "--trials", str(args.trials), "--folds", str(args.folds),
-               "--seed", str(args.seed), "--timeout", str(args.minutes)]
+               "--seed", str(args.seed), "--timeout", str(args.minutes), "--warmup-trials", str(args.warmup_trials)]
     print("$ " + " ".join(command[1:]), flush=True)
     start = time.perf_counter()
     result = subprocess.run(command, cwd=project)
@@ -65,13 +66,20 @@ def fmt(value):
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def pruned_at(pruned):
+    if not pruned:
+        return ""
+    where = f"fold {pruned['fold']}" + (f", epoch {pruned['epoch']}" if pruned["epoch"] is not None else ", after it")
+    return f"pruned ({where}: {pruned['value']:.3f})"
+
+
 def markdown(record):
     shipped, best, trials = record["shipped"], record["best"], record["trials"]
     keys = list(record["search_space"])
     rows = [[t["number"] if t["number"] != best["number"] else f"{t['number']} (best)", t["state"],
              "" if t["value"] is None else f"{t['value']:.4f}", ", ".join(f"{v:.3f}" for v in t["fold_values"] or []),
              *(fmt(t["params"].get(k)) for k in keys), "" if t["seconds"] is None else f"{t['seconds']:.0f}",
-             (t["error"] or "").replace("|", "\\|")] for t in trials]
+             (t["error"] or pruned_at(t.get("pruned"))).replace("|", "\\|")] for t in trials]
     gain = best["value"] - shipped["value"]
     lines = [
         "# Tuning on real pretrained weights (`python -m bench.tune`)", "",
@@ -89,7 +97,8 @@ def markdown(record):
                  *(fmt(shipped["params"][k]) for k in keys)],
                 ["best trial", f"{best['value']:.4f}", ", ".join(f"{v:.3f}" for v in best["fold_values"]),
                  *(fmt(best["params"][k]) for k in keys)]]),
-        "", "Every trial (each fold a `dvc exp run --temp evaluate` experiment in the scratch project):", "",
+        "", "Every trial (each fold a `dvc exp run --temp train` experiment in the scratch project, valued by train's "
+        "validation nDCG@10; a pruned trial's value is where it stopped):", "",
         *table(["trial", "state", "nDCG@10", "folds", *keys, "seconds", "error"], rows), "",
         "![The objective over trials](tune-history.png)", "",
         *(["![The params' importances](tune-importances.png)", "",
@@ -113,6 +122,8 @@ def main():
     parser.add_argument("--trials", type=int, default=12, help="at most this many complete trials (default: %(default)s)")
     parser.add_argument("--minutes", type=float, default=15,
                         help="start no trial after this many minutes; the last one finishes (default: %(default)s)")
+    parser.add_argument("--warmup-trials", type=int, default=2,
+                        help="tune's median pruner prunes from this many complete trials on (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="the pairs' and the sampler's seed (default: %(default)s)")
     parser.add_argument("--workdir", default="/tmp/bench-tune", help="the scratch project (default: %(default)s)")
     parser.add_argument("--name", default="tune", help="results file name (default: %(default)s)")
@@ -145,8 +156,9 @@ def main():
         "shipped": {k: shipped[k] for k in ("number", "value", "fold_values", "params")},
         "best": {k: best[k] for k in ("number", "value", "fold_values", "params")},
         "gain": best["value"] - shipped["value"],
-        "trials": [{k: t[k] for k in ("number", "state", "value", "fold_values", "params", "seconds", "error")}
-                   for t in study["trials"] if t["state"] in ("COMPLETE", "FAIL")],
+        "trials": [{k: t.get(k) for k in ("number", "state", "value", "fold_values", "params", "seconds", "error", "pruned")}
+                   for t in study["trials"] if t["state"] in ("COMPLETE", "FAIL", "PRUNED")],
+        "pruned": [{"number": t["number"], **t["pruned"]} for t in study["trials"] if t.get("pruned")],
         "pictures": pictures,
     }
     text = markdown(record).replace("](tune-", f"]({args.name}-")
