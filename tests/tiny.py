@@ -133,11 +133,12 @@ TINY_MODELS = {"bert": write_tiny_bert, "cross-encoder": write_tiny_cross_encode
                "deberta-v3": write_tiny_deberta_v3, "modernbert": write_tiny_modernbert}
 
 
-# The tiny BERT starts from random weights: it needs the full fine-tune and a couple of hundred
-# steps at a high learning rate to pick up the signal; that still takes seconds on two CPU cores.
+# The tiny BERT starts from random weights: it needs the full fine-tune and a hundred-odd steps at a
+# high learning rate to pick up the signal; that still takes seconds on two CPU cores. 10 epochs:
+# validation ROC-AUC 0.71 (20 epochs overfit, 0.69; 8 epochs at 3e-3 reached 0.64).
 FAST_PARAMS = {
     "split": {"val_size": 0.25},
-    "train": {"epochs": 20, "batch_size": 16, "eval_batch_size": 32, "learning_rate": 1e-3,
+    "train": {"epochs": 10, "batch_size": 16, "eval_batch_size": 32, "learning_rate": 1e-3,
               "warmup_steps": 0, "freeze_base": False},
 }
 
