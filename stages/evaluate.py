@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from stages.common import load_params, read_pairs, run, write_json
-from stages.metrics import THRESHOLD, TfidfBaseline, metrics_by_scorer, model_scorers, model_scores, runtime
+from stages.metrics import (THRESHOLD, TfidfBaseline, metrics_by_scorer, model_scorers, model_scores, query_ids,
+                             runtime)
 
 ONE_CLASS_NOTE = "undefined: the validation pairs hold one class"
 
@@ -26,14 +27,13 @@ def fit_baseline(train_csv):
 
 
 def score_pairs(val_csv, scorers, baseline):
-    """(query hashes, labels, {scorer: scores}) of every validation pair, with a progress bar."""
-    import pandas as pd
+    """(query ids, labels, {scorer: scores}) of every validation pair, with a progress bar."""
     from tqdm.auto import tqdm
 
     queries, labels, scores = [], [], {name: [] for name in [*scorers, "tfidf"]}
     with tqdm(unit=" pairs", desc="Scoring the validation pairs") as progress:
         for chunk in read_pairs(val_csv):
-            queries.append(pd.util.hash_pandas_object(chunk["query"], index=False).to_numpy())
+            queries.append(query_ids(chunk["query"]))
             labels.append(chunk["label"].to_numpy())
             for name, values in model_scores(scorers, chunk).items():
                 scores[name].append(values)

@@ -120,12 +120,14 @@ def compute_metrics(eval_pred, queries=None):
 
 
 def query_hashes(dataset, batch_size=10_000):
-    """Each pair's query as a 64-bit hash (evaluate's grouping), read from the dataset's query column
-    a batch at a time: 8 bytes a pair in memory, not the text."""
+    """Each pair's query id (stages.metrics.query_ids, evaluate's grouping), read from the dataset's
+    query column a batch at a time."""
     import numpy as np
     import pandas as pd
 
-    hashes = [pd.util.hash_pandas_object(pd.Series(batch["query"], dtype=object), index=False).to_numpy()
+    from stages.metrics import query_ids
+
+    hashes = [query_ids(pd.Series(batch["query"], dtype=object))
               for batch in dataset.select_columns(["query"]).iter(batch_size=batch_size)]
     return np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
 

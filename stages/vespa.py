@@ -126,10 +126,8 @@ def measure(paths, metadata, val_pairs, tokenizer, length, cls_sep, params):
     """Each candidate file's cost per hit and ranking metrics at L, one hit at a time on Vespa's
     inputs, and the largest change of its logits scored again (rerun_change); beside the float32
     scorer's metrics (what evaluate runs) on the same pairs."""
-    import pandas as pd
-
     from scorer import RelevanceScorer, relevance_probability
-    from stages.metrics import metrics_by_scorer
+    from stages.metrics import metrics_by_scorer, query_ids
     from stages.vespa_hits import cost, hit_feeds, hit_session, rerun_change, score_hits, time_hits
 
     queries, titles = val_pairs["query"].tolist(), val_pairs["title"].tolist()
@@ -145,8 +143,7 @@ def measure(paths, metadata, val_pairs, tokenizer, length, cls_sep, params):
                        "rerun_logit_change": rerun_change(path, feeds[:params["rerun_hits"]], output, logits)}
         scores[name] = relevance_probability(logits, metadata)
     scores["evaluate_fp32"] = RelevanceScorer(paths["fp32"]).scores(queries, titles)
-    query_ids = pd.util.hash_pandas_object(val_pairs["query"], index=False).to_numpy()
-    ranking = metrics_by_scorer(query_ids, val_pairs["label"].to_numpy(), scores, "vespa")
+    ranking = metrics_by_scorer(query_ids(val_pairs["query"]), val_pairs["label"].to_numpy(), scores, "vespa")
     return {name: {**costs.get(name, {}), **ranking[name]} for name in scores}, threads
 
 
