@@ -144,7 +144,7 @@ def write(tuner, study):
     # With several metrics: Optuna's best trials, the complete ones no other complete trial dominates.
     on_front = {t.number for t in study.best_trials} if tuner.multi else set()
     front = [{**{k: r[k] for k in ("number", "values", "fold_values", "params", "experiments", "host", "repo")},
-              **({"ms_per_query": per_query(tuner, r)} if per_query(tuner, r) else {}), "apply": apply_lines(tuner, r)}
+              **({"ms_per_query": costs} if (costs := per_query(tuner, r)) else {}), "apply": apply_lines(tuner, r)}
              for r in records if r["number"] in on_front]
     metrics = [{"file": m.file, "key": m.key, "direction": m.direction} for m in tuner.metrics]
     record = {
