@@ -101,9 +101,7 @@ def markdown(record):
         "validation nDCG@10; a pruned trial's value is where it stopped):", "",
         *table(["trial", "state", "nDCG@10", "folds", *keys, "seconds", "error"], rows), "",
         "![The objective over trials](tune-history.png)", "",
-        *(["![The params' importances](tune-importances.png)", "",
-           f"(fANOVA over {len(trials)} trials: with so few, the importances say little more than which params "
-           "differed between them.)" if len(trials) < 10 else ""] if record["pictures"].get("importances") else
+        *(["![The params' importances](tune-importances.png)"] if record["pictures"].get("importances") else
           ["(Too few trials for the params' importances.)"]), "",
         f"Command: `{record['command']}`. {len(trials)} trials of {record['folds']} folds are what "
         f"{record['minutes']:.0f} minutes of this CPU allowed: this shows what tuning finds against the shipped "

@@ -104,6 +104,11 @@ def per_query(tuner, record):
             if value is not None and m.key.rsplit(".", 1)[-1] == "ms_per_hit"}
 
 
+# fANOVA's forest fitted to a handful of trials says little more than which params differed between
+# them, and its import (scikit-learn) is most of a short run's report.
+IMPORTANCES_FROM = 10
+
+
 def draw(study, path, kind, metric):
     """One of Optuna's matplotlib plots into a small PNG; None, or why it could not be drawn.
     metric: the metric's name, or the names of several (kind "pareto")."""
@@ -170,7 +175,7 @@ def write(tuner, study):
     for kind in ("pareto",) if tuner.multi else ("history", "importances"):
         path = folder / f"{name}-{kind}.png"
         why = "no complete trial yet" if complete == 0 else \
-            ("fewer than 2 complete trials" if kind == "importances" and complete < 2 else None)
+            (f"fewer than {IMPORTANCES_FROM} complete trials" if kind == "importances" and complete < IMPORTANCES_FROM else None)
         why = why or draw(study, path, kind, [m.key for m in tuner.metrics] if tuner.multi else tuner.metric_key)
         if why:
             path.unlink(missing_ok=True)
