@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_once, copy_project, dvc, git, locked_md5, run_cli
+from tests.conftest import build_once, copy_project, dvc, git, locked_md5, run_cli, run_stages_in_process
 from tests.tiny import set_params
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -80,13 +80,15 @@ V2_PARAMS = {"export": {"opset": 17}}  # another model.onnx, without retraining
 
 @pytest.fixture(scope="session")
 def v2_run_cache(shared_dir, reproduced_project):
-    """DVC's run cache after a `dvc repro export` with V2_PARAMS, built once: both remotes' tests
-    reproduce v2 from it, as DVC does for anyone who already ran the same stage. (Only the model
-    file is versioned here: the stages after export are left to the pipeline tests.)"""
+    """DVC's run cache after export ran with V2_PARAMS, built once: both remotes' tests reproduce v2
+    from it, as DVC does for anyone who already ran the same stage. The stage runs in this process
+    and `dvc commit` records it, run cache included, as for reproduced_project. (Only the model file
+    is versioned here: the stages after export are left to the pipeline tests.)"""
     def build(path):
         copy_project(reproduced_project, path)
         set_params(path, V2_PARAMS)
-        dvc("repro", "export", cwd=path)
+        run_stages_in_process(path, ["export"])
+        dvc("commit", "--force", "export", cwd=path)
 
     return build_once(shared_dir, "v2-run-cache", build) / ".dvc/cache"
 
