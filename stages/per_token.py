@@ -16,14 +16,21 @@ def opset_of(model):
 def per_token_activations(graph, opset):
     """Replace each DynamicQuantizeLinear, which takes one int8 scale from the whole batch tensor (every
     pair and its padding), by the same quantization with one scale per token: the largest |value| of
-    the token's own vector maps to 127, around the fixed zero point 128 (QuantizeLinear with one scale
-    per row of the tokens' 2-D view). A pair's int8 score then depends on its own tokens only.
+    the token's own vector maps to 127, around the fixed zero point 128. A pair's int8 score then
+    depends on its own tokens only.
+
+    Each token's values go through QuantizeLinear with one scale per row of the tokens' 2-D view (its
+    per-axis scales take a 1-D tensor; its blocked scales, which would take them as they are, need
+    onnxruntime 1.20). 11 nodes per quantized input; every block shares the zero point, a constant,
+    and the activation scale of 1 below. Dividing the tokens by their scales and quantizing with one
+    unit scale takes 6, but that extra pass over the activations cost 3-4 % more per batch of 64 on
+    an AVX2 CPU than the nodes it saves (2026-12-07, docs/speed.md).
 
     The chain quantize_dynamic wrote after each MatMulInteger (Cast, then Mul by the activation scale
     times the weight scales) is kept with an activation scale of exactly 1, and the per-token scales
     multiply its output. onnxruntime fuses that chain into MatMulIntegerToFloat, which takes one
-    activation scale (fed per-token ones, it computes wrong logits). The 1 is computed from the data
-    (the largest scale over itself) so that constant folding leaves the Mul the fusion looks for."""
+    activation scale (fed per-token ones, it computes wrong logits). The 1 is computed once from the
+    data (the largest scale over itself) so that constant folding leaves the Mul the fusion looks for."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -43,6 +50,8 @@ def per_token_activations(graph, opset):
         return node
 
     token_scales_after = {}  # id of the Mul that ends a MatMulInteger's chain -> its input's per-token scales
+    renamed = {}  # a DynamicQuantizeLinear's scale and zero point outputs -> the shared 1 and zero point
+    unit = None
     nodes = []
     for node in graph.node:
         if node.op_type != "DynamicQuantizeLinear":
@@ -54,10 +63,10 @@ def per_token_activations(graph, opset):
             continue
         (x,), (quantized, one, zero_point) = node.input, node.output
         name = f"{node.name or quantized}.per_token"
-        width = next(initializers[m.input[1]].dims[0] for m in consumers[quantized] if m.input[1] in initializers)
-        graph.initializer.append(numpy_helper.from_array(np.array([-1, width], np.int64), f"{name}.rows_shape"))
         # ReduceMax takes its axes as an input from opset 18, as an attribute before.
         axes = ({"inputs": [f"{name}.abs", "per_token.last"]} if opset >= 18 else {"inputs": [f"{name}.abs"], "axes": [-1]})
+        width = next(initializers[m.input[1]].dims[0] for m in consumers[quantized] if m.input[1] in initializers)
+        graph.initializer.append(numpy_helper.from_array(np.array([-1, width], np.int64), f"{name}.rows_shape"))
         nodes += [
             helper.make_node("Abs", [x], [f"{name}.abs"]),
             helper.make_node("ReduceMax", axes.pop("inputs"), [f"{name}.max"], keepdims=1, **axes),
@@ -72,12 +81,18 @@ def per_token_activations(graph, opset):
                              [f"{name}.quantized_rows"], axis=0),
             helper.make_node("Shape", [x], [f"{name}.shape"]),
             helper.make_node("Reshape", [f"{name}.quantized_rows", f"{name}.shape"], [quantized]),
-            helper.make_node("ReduceMax", [f"{name}.scales"], [f"{name}.largest"], keepdims=0),
-            helper.make_node("Div", [f"{name}.largest", f"{name}.largest"], [one]),
-            helper.make_node("Identity", ["per_token.zero_point"], [zero_point]),
         ]
+        if unit is None:
+            unit = one
+            nodes += [helper.make_node("ReduceMax", [f"{name}.scales"], [f"{name}.largest"], keepdims=0),
+                      helper.make_node("Div", [f"{name}.largest", f"{name}.largest"], [one])]
+        else:
+            renamed[one] = unit
+        renamed[zero_point] = "per_token.zero_point"
         for matmul in consumers[quantized]:
             end = only_consumer(only_consumer(matmul.output[0], "Cast").output[0], "Mul")
             token_scales_after[id(end)] = f"{name}.scales"
+    for node in nodes:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
     del graph.node[:]
     graph.node.extend(nodes)
