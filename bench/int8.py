@@ -403,6 +403,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for PyTorch and onnxruntime (default: "
                         "%(default)s: on a shared 2-core machine two spinning threads per side time the scheduler, not the model)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="int8", help="results file name (default: %(default)s)")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     began = time.perf_counter()
@@ -490,7 +491,7 @@ def main():
               "eager": {f"pairs_per_second_b{size}": rate for size, rate in eager_speed.items()},
               "float32": float32, "settings": results, "ranking": ranking, "check": small, "criterion": criterion(small, params),
               "wall_seconds": time.perf_counter() - began}
-    save(report, markdown(report), "int8")
+    save(report, markdown(report), args.name)
     print(markdown(report))
 
 
