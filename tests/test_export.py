@@ -139,6 +139,14 @@ def test_int8_model_scores_a_pair_the_same_alone_and_in_any_batch_only_with_per_
     assert spread > 1, "margins spread as a trained model's"
     if per_token:
         assert max(differences) <= 1e-3, "a pair's int8 logits do not depend on its batch or its padding"
+        import onnx
+
+        # Against onnxruntime's own file: each DynamicQuantizeLinear becomes 11 nodes, each MatMulInteger's
+        # output gains a Mul by its input's token scales, and the shared 1 takes 2 (docs/speed.md).
+        quantize(confident_export, tmp_path / "per_tensor.onnx", {**load_params("quantize"), "per_token": False})
+        per_tensor = [n.op_type for n in onnx.load(tmp_path / "per_tensor.onnx").graph.node]
+        inputs, matmuls = per_tensor.count("DynamicQuantizeLinear"), per_tensor.count("MatMulInteger")
+        assert inputs > 0 and len(onnx.load(int8_path).graph.node) == len(per_tensor) + 10 * inputs + matmuls + 2
     else:  # what the per-token scales fix: one scale for the whole batch tensor, padding included
         assert max(differences) > 1e-2
 
