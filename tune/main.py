@@ -413,7 +413,7 @@ class Tuner:
         self.study.tell(trial, state=TrialState.PRUNED)
         with self._count:
             self.failures_in_a_row = 0
-        self.say(f"trial {trial.number}: pruned {pruned_where(fold, epoch, self.args.folds)}: "
+        self.say(f"trial {trial.number}: pruned {pruning.pruned_where(fold, epoch, self.args.folds)}: "
                  f"{self.metric_key} {value:.4f}" + (" (running mean)" if epoch is None else ""))
         return TrialState.PRUNED, value
 
@@ -542,14 +542,6 @@ class Tuner:
         if self.interrupted:
             return 130
         return 0
-
-
-def pruned_where(fold, epoch, folds):
-    """Where a trial was pruned, in words: 'at epoch 2', 'at epoch 2 of fold 1/3', 'after fold 1/3'."""
-    of_fold = "" if folds is None else f"fold {fold + 1}/{folds}"
-    if epoch is None:
-        return f"after {of_fold}"
-    return f"at epoch {epoch}" + (f" of {of_fold}" if of_fold else "")
 
 
 class EpochReports:

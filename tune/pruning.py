@@ -26,6 +26,14 @@ def fold_step(fold):
     return STEPS_PER_FOLD * (fold + 1)
 
 
+def pruned_where(fold, epoch, folds):
+    """Where a trial was pruned, in words: 'at epoch 2', 'at epoch 2 of fold 1/3', 'after fold 1/3'."""
+    of_fold = "" if folds is None else f"fold {fold + 1}/{folds}"
+    if epoch is None:
+        return f"after {of_fold}"
+    return f"at epoch {epoch}" + (f" of {of_fold}" if of_fold else "")
+
+
 def make_pruner(name, warmup_trials, warmup_epochs):
     """Optuna's pruner for --pruner, with the warm-up: no trial is pruned before warmup_trials trials
     are complete (median), nor on its first fold's first warmup_epochs epochs (both)."""

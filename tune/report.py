@@ -8,7 +8,7 @@ import re
 import warnings
 from pathlib import Path
 
-from tune import space as search_space, storage as storages
+from tune import pruning, space as search_space, storage as storages
 
 RESULTS = "results/tune"
 
@@ -43,9 +43,7 @@ def trial_record(trial):
 
 
 def pruned_text(tuner, pruned):
-    from tune.main import pruned_where
-
-    return (f"pruned {pruned_where(pruned['fold'], pruned['epoch'], tuner.args.folds)} "
+    return (f"pruned {pruning.pruned_where(pruned['fold'], pruned['epoch'], tuner.args.folds)} "
             f"({'running mean ' if pruned['epoch'] is None else ''}{pruned['value']:.4f})")
 
 
