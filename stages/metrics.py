@@ -14,13 +14,13 @@ RANK_CUTOFF = 10  # nDCG@10 and MRR@10
 PRECISION_CUTOFF = 5  # precision@5
 
 
-
 def query_ids(queries):
     """Each pair's query (a pandas Series of the texts) as a 64-bit hash: how evaluate, vespa and train
     group pairs by query for the ranking metrics, 8 bytes a pair in memory rather than the text."""
     import pandas as pd
 
     return pd.util.hash_pandas_object(queries, index=False).to_numpy()
+
 
 def defined(value):
     value = float(value)
