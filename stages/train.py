@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from stages.common import StageError, atomic_path, load_params, run
-from stages.training import (checkpoint_to_resume, device_flags, empty_checkpoints, make_trainer, pretrained_classifier,
-                             run_fingerprint, training_arguments)
+from stages.training import (checkpoint_to_resume, device_flags, empty_checkpoints, layer_overrides, make_trainer,
+                             pretrained_classifier, run_fingerprint, training_arguments)
 
 
 def launch_distributed(gpus):
@@ -38,7 +38,9 @@ def main():
     parser.add_argument("results_dir", type=Path, help="output: dvclive's metrics.json (the last epoch's) and per-epoch curves (results/train)")
     args = parser.parse_args()
     params = load_params("train")
+    num_layers = load_params("model").get("num_layers")
     device_flags(params["precision"])  # refuse a bad train.precision before launching anything
+    layer_overrides(args.pretrained_dir, num_layers)  # and a model.num_layers the model does not have
     if params["gpus"] > 1 and "LOCAL_RANK" not in os.environ:
         return launch_distributed(params["gpus"])
 
@@ -49,7 +51,7 @@ def main():
 
     set_seed(params["seed"])
     tokenizer = AutoTokenizer.from_pretrained(args.pretrained_dir, local_files_only=True)
-    model, note, warning = pretrained_classifier(args.pretrained_dir, params)
+    model, note, warning = pretrained_classifier(args.pretrained_dir, params, num_layers)
     if params["freeze_base"]:
         model.base_model.requires_grad_(False)
 
@@ -58,7 +60,8 @@ def main():
     resume_from = None
     with training_args.main_process_first(desc="checkpoint check"):
         if params["resume"]:
-            fingerprint = run_fingerprint(params, [*args.encoded_dir.glob("*/*.arrow"), *args.pretrained_dir.glob("*.safetensors")])
+            fingerprint = run_fingerprint({**params, "model.num_layers": num_layers},
+                                          [*args.encoded_dir.glob("*/*.arrow"), *args.pretrained_dir.glob("*.safetensors")])
             resume_from = checkpoint_to_resume(args.checkpoints, fingerprint, main_process)
         elif main_process:
             empty_checkpoints(args.checkpoints)

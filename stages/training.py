@@ -13,10 +13,34 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 LABELS_FOR = {2: LABELS, 1: ONE_LOGIT_LABELS}  # train.num_labels -> the model's labels
 
 
-def pretrained_classifier(pretrained_dir, params):
-    """The pretrained model with a train.num_labels head; what the stage says about that head (new,
-    the checkpoint's own, or the checkpoint's replaced for being of another size); and a warning, or
-    None, when a frozen base would keep encoder weights that were never trained (see never_trained)."""
+def layer_overrides(pretrained_dir, num_layers):
+    """The config overrides that keep the first `num_layers` encoder layers of the pretrained model
+    (model.num_layers; None keeps them all): its num_hidden_layers, and the per-layer lists that must
+    be as long (ModernBERT's layer_types, which its config checks against num_hidden_layers on
+    load). Given to from_pretrained, the model is built with that many layers and loads the first
+    ones' weights; its saved config, and so the export and everything after it, describe the cut model."""
+    if num_layers is None:
+        return {}
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(pretrained_dir, local_files_only=True, trust_remote_code=False)
+    count = config.num_hidden_layers
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= count:
+        raise StageError(f"model.num_layers={num_layers}: the model has {count} layers; expected 1 to {count}, "
+                         f"or null for all")
+    overrides = {"num_hidden_layers": num_layers}
+    for name in ("layer_types", "mlp_layer_types"):
+        per_layer = getattr(config, name, None)
+        if isinstance(per_layer, (list, tuple)):
+            overrides[name] = list(per_layer[:num_layers])
+    return overrides
+
+
+def pretrained_classifier(pretrained_dir, params, num_layers=None):
+    """The pretrained model with a train.num_labels head, cut to its first `num_layers` encoder
+    layers (model.num_layers) when given; what the stage says about that head (new, the checkpoint's
+    own, or the checkpoint's replaced for being of another size) and the layers kept; and a warning,
+    or None, when a frozen base would keep encoder weights that were never trained (see never_trained)."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as transformers_logging
 
@@ -24,6 +48,7 @@ def pretrained_classifier(pretrained_dir, params):
         raise StageError(f"train.num_labels={params['num_labels']}: expected 2 (irrelevant/relevant, softmax) "
                          f"or 1 (one relevance logit, sigmoid)")
     labels = LABELS_FOR[params["num_labels"]]
+    overrides = layer_overrides(pretrained_dir, num_layers)
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its load report, summarised below
     # ignore_mismatched_sizes: a checkpoint's head of another size (a 1-logit cross-encoder's, say) is
@@ -34,7 +59,7 @@ def pretrained_classifier(pretrained_dir, params):
         pretrained_dir, local_files_only=True, use_safetensors=True, num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
         **({"problem_type": "single_label_classification"} if len(labels) == 2 else {}),
-        ignore_mismatched_sizes=True, output_loading_info=True)
+        ignore_mismatched_sizes=True, output_loading_info=True, **overrides)
     transformers_logging.set_verbosity(verbosity)
 
     encoder_prefix = f"{model.base_model_prefix}."
@@ -51,6 +76,8 @@ def pretrained_classifier(pretrained_dir, params):
         note = f"train: a new {head}"
     else:
         note = f"train: fine-tuning the pretrained model's own {head}"
+    if overrides:
+        note += f"; the first {num_layers} encoder layers kept (model.num_layers: {num_layers})"
     untrained = never_trained(pretrained_dir, model, loading) if params["freeze_base"] else None
     warning = untrained and (f"train: warning: {untrained}, and train.freeze_base keeps it so: expect far weaker "
                              f"results than with train.freeze_base: false")
