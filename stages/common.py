@@ -4,11 +4,14 @@ Kept free of heavy imports (torch, transformers) so every stage starts fast.
 """
 import contextlib
 import json
+import math
+import os
 import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -40,18 +43,201 @@ ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]
                                    list("-+0123456789"))
 
 
+class Param(NamedTuple):
+    """What one param may be: `kind` (int, number, bool, text, texts: a list of names, or choice),
+    bounds (`low`/`high` inclusive, `above`/`below` exclusive), the `choices`, whether null is
+    allowed, words also allowed (`also`, such as auto), and `expected`, the error's wording where the
+    generic one would say less."""
+    kind: str
+    low: float = None
+    high: float = None
+    above: float = None
+    below: float = None
+    choices: tuple = ()
+    null: bool = False
+    also: tuple = ()
+    expected: str = None
+
+
+def integer(low=None, high=None, **options):
+    return Param("int", low=low, high=high, **options)
+
+
+def number(low=None, high=None, above=None, below=None, **options):
+    return Param("number", low=low, high=high, above=above, below=below, **options)
+
+
+def choice(*choices, **options):
+    return Param("choice", choices=choices, **options)
+
+
+FLAG, TEXT, TEXTS = Param("bool"), Param("text"), Param("texts")
+
+# Every param of params.yaml, checked by load_params before a stage reads any: a value of the wrong
+# type or out of range stops the stage in one line naming it (docs/params.md says what each does).
+# A stage checks what depends on other params or on its inputs itself (split.fold < split.folds,
+# encode.max_length within the model's, vespa.model's file names). Add a param here with its section.
+PARAMS = {
+    "data": {"url": TEXT,
+             "sha256": Param("sha256", null=True, expected="null or a SHA-256 of 64 hexadecimal digits")},
+    "model": {"name": TEXT, "revision": TEXT,
+              "num_layers": integer(1, null=True, expected="null (all of them) or a positive integer")},
+    "split": {"strategy": choice("group", "random"),
+              "val_size": number(above=0, below=1, expected="a fraction between 0 and 1"),
+              "folds": integer(2, null=True, expected="null (one holdout split) or an integer of at least 2"),
+              "fold": integer(0),
+              "seed": integer(),
+              "conflicting_labels": choice("relevant", "drop", "error")},
+    "encode": {"max_length": integer(8)},
+    "train": {"num_labels": choice(2, 1, expected="2 (irrelevant/relevant, softmax) or 1 (one relevance logit, sigmoid)"),
+              "epochs": number(above=0),
+              "batch_size": integer(1),
+              "eval_batch_size": integer(1),
+              "learning_rate": number(above=0),
+              "warmup_steps": number(0),
+              "weight_decay": number(0),
+              "freeze_base": FLAG,
+              "cache_features": FLAG,
+              "group_by_length": FLAG,
+              "seed": integer(0),
+              "precision": choice("auto", "fp32", "fp16", "bf16"),
+              "gpus": integer(1),
+              "resume": FLAG,
+              "loss": choice("pointwise", "rank_net", "list_net", "lambda_loss", "margin_mse", "mse"),
+              "list_size": integer(2)},
+    "export": {"opset": integer(1), "atol": number(0)},
+    "quantize": {"per_channel": FLAG,
+                 "reduce_range": FLAG,
+                 "op_types": TEXTS,
+                 "per_token": FLAG,
+                 "min_spearman": number(),  # above 1: fails every int8 model that moves the scores
+                 "max_mean_score_diff": number(0),
+                 "check_pairs": integer(1)},
+    "evaluate": {"plot_pairs": integer(1)},
+    "vespa": {"model": TEXT,
+              "max_ranking_drop": number(0),
+              "rerun_hits": integer(1),
+              "max_length": integer(3, also=("auto",), expected="auto or an integer from 3 to encode.max_length"),
+              "length_coverage": number(above=0, high=1, expected="a share above 0 and at most 1"),
+              "rerank_count": integer(1),
+              "intraop_threads": integer(1, null=True, expected="null (Vespa's default) or a positive integer"),
+              "gpu_device": integer(0, null=True, expected="null (Vespa's default) or a GPU number, 0 or more, as an integer"),
+              "timed_hits": integer(1),
+              "eval_pairs": integer(1)},
+}
+
+
+def yaml_text(value):
+    """A value as params.yaml spells it: null, true, [MatMul, Gather]."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(yaml_text, value)) + "]"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
+def describe(param):
+    """What a param may be, in the words of its error."""
+    if param.expected:
+        return param.expected
+    if param.kind == "choice":
+        words = "one of " + ", ".join(map(str, param.choices))
+    elif param.kind == "bool":
+        words = "true or false"
+    elif param.kind == "text":
+        words = "a non-empty string"
+    elif param.kind == "texts":
+        words = "a non-empty list of names"
+    else:
+        noun = "an integer" if param.kind == "int" else "a number"
+        if param.low is not None and param.high is not None:
+            words = f"{noun} from {param.low} to {param.high}"
+        elif param.kind == "int" and param.low == 1:
+            words = "a positive integer"
+        elif param.low is not None:
+            words = f"{noun}, 0 or more" if param.low == 0 else f"{noun} of at least {param.low}"
+        else:
+            words = " and ".join([*([f"{noun} above {param.above}"] if param.above is not None else []),
+                                  *([f"below {param.below}"] if param.below is not None else []),
+                                  *([f"at most {param.high}"] if param.high is not None else [])]) or noun
+    return " or ".join([*(["null"] if param.null else []), *param.also, words])
+
+
+def fits(param, value):
+    """Whether `value` is what `param` allows. A bool is not a number, nor a number a string."""
+    if value is None:
+        return param.null
+    if value in param.also and isinstance(value, str):
+        return True
+    if param.kind == "choice":
+        return any(type(value) is type(option) and value == option for option in param.choices)
+    if param.kind == "bool":
+        return isinstance(value, bool)
+    if param.kind == "text":
+        return isinstance(value, str) and value.strip() != ""
+    if param.kind == "texts":
+        return isinstance(value, list) and bool(value) and all(isinstance(item, str) and item for item in value)
+    if param.kind == "sha256":
+        return isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{64}", value) is not None
+    kinds = (int,) if param.kind == "int" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        return False
+    return ((param.low is None or value >= param.low) and (param.high is None or value <= param.high)
+            and (param.above is None or value > param.above) and (param.below is None or value < param.below))
+
+
+def check_params(params):
+    """Refuse, in one line naming it, the first param of PARAMS whose value does not fit, and any key
+    of a known section that is not a param (a misspelt one). Params missing from the file are DVC's
+    to report, and sections unknown here are left alone."""
+    import difflib
+
+    if not isinstance(params, dict):
+        raise StageError(f"{PARAMS_FILE}: expected sections of params (data, model, train, ...)")
+    for section, table in PARAMS.items():
+        values = params.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise StageError(f"{PARAMS_FILE}: '{section}' is {yaml_text(values)}; expected its params, one per line")
+        for key, value in values.items():
+            if key not in table:
+                close = difflib.get_close_matches(str(key), table, n=1)
+                hint = f"did you mean {section}.{close[0]}?" if close else f"the {section} params are {', '.join(table)}"
+                raise StageError(f"{section}.{key}: not a param; {hint} (docs/params.md)")
+            if not fits(table[key], value):
+                raise StageError(f"{section}.{key}={yaml_text(value)}: expected {describe(table[key])}")
+
+
 def load_params(section=None):
-    """One section of params.yaml, or all of it."""
+    """One section of params.yaml, or all of it, once every param in the file is checked against
+    PARAMS: a stage stops on a bad value before it does any work, whichever stage the value is for."""
     try:
         with open(PARAMS_FILE, encoding="utf-8") as f:
             params = yaml.load(f, Loader=ParamsLoader) or {}
     except FileNotFoundError:
         raise StageError(f"{PARAMS_FILE} not found; run stages from the repository root") from None
+    except yaml.YAMLError as err:
+        raise StageError(f"{PARAMS_FILE}: not valid YAML ({' '.join(str(err).split())})") from None
+    check_params(params)
     if section is None:
         return params
     if section not in params:
         raise StageError(f"{PARAMS_FILE} has no '{section}' section")
     return params[section]
+
+
+def local_model(name, param):
+    """The folder a model name (model.name, teacher.name) means, or None for a hub id. A name starting
+    with /, ./, ../ or ~ is a folder: ~ expanded, a relative one under the project root, where stages
+    run; it must exist. Another name is a folder when one by that name exists, else a hub id."""
+    name = str(name)
+    if not name.startswith(("/", "./", "../", "~")) and name not in (".", ".."):
+        return Path(name) if Path(name).is_dir() else None
+    folder = Path(os.path.abspath(Path(name).expanduser()))
+    if not folder.is_dir():
+        raise StageError(f"{param}={name}: no such folder {folder}; a hub id starts with none of /, ./, ../, ~")
+    return folder
 
 
 def model_inputs(model, tokenizer):
@@ -198,3 +384,39 @@ def write_json(path, data):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+REPORT_FILE = "report.json"  # beside each stage's metrics.json: every figure the stage measured (docs/metrics.md)
+
+
+def report_path(metrics_path):
+    """The stage's report, beside its metrics file: plain JSON, a DVC output but not a metric."""
+    return Path(metrics_path).with_name(REPORT_FILE)
+
+
+def headline(record, keys):
+    """The part of `record` at the dotted `keys` (`served.ndcg@10`) that it holds, nested as in
+    `record`: what a stage declares as its DVC metrics, the numbers a decision is made on. The whole
+    record goes to its report (report_path), so `dvc exp show` and `dvc metrics diff` stay readable."""
+    picked = {}
+    for key in keys:
+        *parents, name = key.split(".")
+        source, target = record, picked
+        for part in parents:
+            source = source.get(part) if isinstance(source, dict) else None
+            target = target.setdefault(part, {})
+        if isinstance(source, dict) and name in source:
+            target[name] = source[name]
+    return _without_empty(picked)
+
+
+def _without_empty(tree):
+    return {key: _without_empty(value) if isinstance(value, dict) else value for key, value in tree.items()
+            if not isinstance(value, dict) or _without_empty(value)}
+
+
+def write_metrics(metrics_path, record, keys, report=None):
+    """The stage's record whole to its report (`report`, default report_path(metrics_path)) and its
+    headline `keys` to `metrics_path`."""
+    write_json(report or report_path(metrics_path), record)
+    write_json(metrics_path, headline(record, keys))

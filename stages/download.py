@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from stages.common import StageError, atomic_path, load_params, run
+from stages.common import StageError, atomic_path, load_params, local_model, run
 
 CSV_NAME = "pairs.csv"
 # The tokenizer's vocabulary comes as tokenizer.json, or as its source: WordPiece vocab.txt (BERT),
@@ -155,7 +155,7 @@ def save_safetensors(source, dest):
 
 def fetch_model(name, revision, dest):
     """Config, tokenizer and safetensors weights from a local folder or a pinned hub snapshot."""
-    source = Path(name) if Path(name).is_dir() else hub_snapshot(name, revision)
+    source = local_model(name, "model.name") or hub_snapshot(name, revision)
     if not (source / "config.json").is_file():
         raise StageError(f"model.name={name}: no config.json in {source}")
     weights_pattern([path.name for path in source.iterdir()], f"model.name={name}: {source}")
@@ -203,6 +203,7 @@ def main():
     parser.add_argument("--retries", type=int, default=3, help="retries of a transient download failure, with backoff")
     args = parser.parse_args()
     data, model = load_params("data"), load_params("model")
+    local_model(model["name"], "model.name")  # a missing folder stops the stage before the CSV is fetched
 
     with atomic_path(args.raw_dir) as raw_dir:
         raw_dir.mkdir()

@@ -186,3 +186,30 @@ def test_unreachable_hub_fails_in_one_line_naming_the_model(fresh_project, tmp_p
     assert line.endswith("set model.name in params.yaml to a local folder with config.json, tokenizer files and weights "
                          "to run offline")
     assert_nothing_written(fresh_project)
+
+
+@pytest.mark.parametrize("name", ["{tmp}/no-such-model", "../no-such-model", "./no-such-model", "~/no-such-model"])
+def test_a_missing_local_model_folder_stops_download_in_one_line_naming_the_folder(fresh_project, tmp_path, name):
+    """A name starting with /, ./, ../ or ~ is a folder (~ expanded, relative ones under the project
+    root): missing, it is refused before the CSV is fetched, not taken for a hub id."""
+    name = name.format(tmp=tmp_path)
+    folder = {"/": tmp_path / "no-such-model", "./": fresh_project / "no-such-model",
+              "../": fresh_project.parent / "no-such-model", "~/": tmp_path / "home/no-such-model"}[name[:name.index("/") + 1]]
+    set_params(fresh_project, {"model": {"name": name}})
+    result = run_cli([sys.executable, "-m", "stages.download", "data/raw", "models/pretrained"], fresh_project,
+                     check=False, HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
+    assert (result.returncode, result.stderr.strip().splitlines()) == (
+        1, [f"error: model.name={name}: no such folder {folder}; a hub id starts with none of /, ./, ../, ~"])
+    assert_nothing_written(fresh_project)
+
+
+def test_local_model_paths_expand_home_and_resolve_under_the_project_root(tiny_bert, tmp_path, monkeypatch):
+    from stages.common import local_model
+
+    monkeypatch.setenv("HOME", str(tiny_bert.parent))
+    monkeypatch.chdir(tmp_path)
+    assert local_model(f"~/{tiny_bert.name}", "teacher.name") == tiny_bert
+    assert local_model(f"../{tmp_path.name}", "model.name") == tmp_path
+    assert local_model("google/bert_uncased_L-4_H-512_A-8", "model.name") is None  # a hub id
+    with pytest.raises(StageError, match=rf"^teacher.name=./gone: no such folder {tmp_path}/gone;"):
+        local_model("./gone", "teacher.name")
