@@ -1,0 +1,206 @@
+"""Ranking losses over whole queries (train.loss: rank_net, list_net, lambda_loss), and the steps
+made of query groups that they train on.
+
+The losses are sentence-transformers' cross-encoder losses (RankNetLoss, ListNetLoss, LambdaLoss
+with its default NDCG-Loss2++ weighting, all at their default arguments), written on tensors: a
+step's scores, its labels and each pair's query group, instead of a CrossEncoder and raw texts.
+Each is built as sentence-transformers builds it: the groups become the rows of a matrix padded
+with scores of -1e16 and labels of -inf, and it is reduced as there: ListNet is the mean over the
+groups of the softmax cross-entropy between the labels and the scores; LambdaLoss and RankNet the
+mean, over every pair of titles of one group whose labels differ, of the weighted log-sigmoid of
+their score difference, in bits. A group with one title or one label gives RankNet and LambdaLoss
+no pair. sentence-transformers' mini_batch_size only splits the model's forward pass into chunks;
+the loss sees the whole step's scores at once, as here. tests/test_ranking.py checks values and
+gradients against sentence-transformers' classes.
+
+A pair's score is what evaluate, the scorer and Vespa rank by: the relevance logit of a 1-logit
+head, or logit[1] - logit[0] of a 2-label head (the log-odds its softmax gives P(relevant) from).
+"""
+import math
+
+import numpy as np
+
+from stages.common import StageError
+
+POINTWISE = "pointwise"
+RANKING_LOSSES = ("rank_net", "list_net", "lambda_loss")
+TEACHER_LOSSES = ("margin_mse", "mse")  # distillation: not built yet
+LOSSES = (POINTWISE, *RANKING_LOSSES)
+PADDED_SCORE = -1e16  # sentence-transformers' padding of the score matrix
+
+
+def check_loss_params(params):
+    """Refuse, in one line, a train.loss or train.list_size the train stage cannot train with
+    (stages.common.PARAMS checks their types; this says why a teacher loss is refused)."""
+    loss, list_size = params.get("loss", POINTWISE), params.get("list_size", 16)
+    if loss in TEACHER_LOSSES:
+        raise StageError(f"train.loss={loss} distils a teacher's scores and needs teacher.name, the teacher model, "
+                         f"which this version does not have yet; expected one of {', '.join(LOSSES)}")
+    if loss not in LOSSES:
+        raise StageError(f"train.loss={loss}: expected one of {', '.join(LOSSES)}")
+    if isinstance(list_size, bool) or not isinstance(list_size, int) or list_size < 2:
+        raise StageError(f"train.list_size={list_size}: expected an integer of at least 2 (titles of one query "
+                         f"per group)")
+    return loss
+
+
+def relevance_scores(logits):
+    """Each pair's ranking score from the model's logits: the relevance logit of a 1-logit head,
+    logit[1] - logit[0] of a 2-label head."""
+    return logits.view(-1) if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
+
+
+def padded_groups(scores, labels, groups):
+    """sentence-transformers' (groups x longest group) score and label matrices: one row per query
+    group (in the order of the group ids), its titles in their order in the step, the rest padded
+    with a score of -1e16 and a label of -inf."""
+    import torch
+
+    _, row, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    order = torch.argsort(row, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    column = torch.empty_like(row)
+    column[order] = torch.arange(len(row), device=row.device) - starts[row[order]]
+    shape = (len(counts), int(counts.max()))
+    score_matrix = torch.full(shape, PADDED_SCORE, device=scores.device)
+    score_matrix[row, column] = scores.float()
+    label_matrix = torch.full_like(score_matrix, float("-inf"))
+    label_matrix[row, column] = labels.float()
+    return score_matrix, label_matrix
+
+
+def list_net(scores, labels, groups):
+    """ListNet: the mean over the groups of the cross-entropy between the softmax of the labels and
+    that of the scores (sentence-transformers' ListNetLoss)."""
+    import torch
+
+    score_matrix, label_matrix = padded_groups(scores, labels, groups)
+    return torch.nn.functional.cross_entropy(score_matrix, label_matrix.softmax(dim=1))
+
+
+def rank_net(scores, labels, groups):
+    """RankNet: the mean over every pair (i, j) of one group with label i > label j of
+    -log2 sigmoid(score i - score j) (sentence-transformers' RankNetLoss: LambdaLoss unweighted)."""
+    return lambda_loss(scores, labels, groups, weighted=False)
+
+
+def lambda_loss(scores, labels, groups, weighted=True, mu=10.0, eps=1e-10):
+    """LambdaLoss with the NDCG-Loss2++ weighting (mu * NDCG-Loss2 + LambdaRank), over every pair of
+    one group whose labels differ, k unset, sigma 1, in bits (sentence-transformers' LambdaLoss at its
+    defaults); weighted=False is RankNet."""
+    import torch
+
+    score_matrix, label_matrix = padded_groups(scores, labels, groups)
+    max_docs = score_matrix.shape[1]
+    scores_sorted, indices_pred = score_matrix.sort(descending=True, dim=-1)
+    labels_sorted, _ = label_matrix.sort(descending=True, dim=-1)
+    true_sorted_by_preds = torch.gather(label_matrix, dim=1, index=indices_pred)
+    true_diffs = true_sorted_by_preds[:, :, None] - true_sorted_by_preds[:, None, :]
+    pairs = torch.isfinite(true_diffs) & (true_diffs > 0)  # k unset: every pair is within the top k
+
+    true_sorted_by_preds = true_sorted_by_preds.clamp(min=0.0)
+    labels_sorted = labels_sorted.clamp(min=0.0)
+    positions = torch.arange(1, max_docs + 1, device=score_matrix.device)
+    discount = torch.log2(1.0 + positions.float())[None, :]
+    max_dcgs = torch.sum((torch.pow(2, labels_sorted) - 1) / discount, dim=-1).clamp(min=eps)
+    gain = (torch.pow(2, true_sorted_by_preds) - 1) / max_dcgs[:, None]
+    if weighted:
+        # NDCG-Loss2: |1/D(|i-j|) - 1/D(|i-j|+1)| x |G_i - G_j|, positions by the predicted order
+        delta = torch.abs(positions[:, None] - positions[None, :])
+        deltas = torch.abs(torch.pow(torch.abs(discount[0, delta - 1]), -1.0)
+                           - torch.pow(torch.abs(discount[0, delta]), -1.0))
+        deltas.diagonal().zero_()
+        gain_gaps = torch.abs(gain[:, :, None] - gain[:, None, :])
+        ndcg_loss2 = deltas[None, :, :] * gain_gaps
+        # LambdaRank: |1/D(i) - 1/D(j)| x |G_i - G_j|
+        lambda_rank = torch.abs(torch.pow(discount[:, :, None], -1.0) - torch.pow(discount[:, None, :], -1.0)) * gain_gaps
+        weights = mu * ndcg_loss2 + lambda_rank
+    else:
+        weights = torch.tensor(1.0, device=score_matrix.device)
+
+    score_diffs = (scores_sorted[:, :, None] - scores_sorted[:, None, :]).clamp(min=-1e8, max=1e8)
+    score_diffs = score_diffs.masked_fill(torch.isnan(score_diffs), 0.0)
+    losses = weights * torch.nn.functional.logsigmoid(score_diffs) / math.log(2)
+    kept = losses[pairs]
+    return -kept.sum() / max(kept.numel(), 1)
+
+
+LOSS_FUNCTIONS = {"rank_net": rank_net, "list_net": list_net, "lambda_loss": lambda_loss}
+
+
+def query_groups(queries, labels, list_size, seed, epoch=0, lengths=None):
+    """One epoch's groups: lists of row numbers, each of up to `list_size` titles of one query.
+
+    A query's titles are dealt into ceil(titles / list_size) groups of near-equal size, its relevant
+    and its non-relevant titles each split evenly between them, so every group holds both kinds
+    wherever the query has enough of each (a query with fewer relevant titles than groups leaves some
+    groups with one kind). The titles are shuffled by (seed, epoch) first; given `lengths` (tokens of
+    each pair), each kind is then ordered by length, so a group holds titles of similar length. Queries
+    with one title or one label only give a ranking loss nothing and are left out. Returns the groups,
+    in the queries' order (shuffle them with pack_steps)."""
+    rng = np.random.default_rng([seed, epoch])
+    queries, labels = np.asarray(queries), np.asarray(labels)
+    order = np.lexsort((labels, queries))  # by query, then label
+    groups = []
+    starts = np.flatnonzero(np.r_[True, queries[order][1:] != queries[order][:-1]])
+    for rows in np.split(order, starts[1:]):
+        if len(rows) < 2 or labels[rows].min() == labels[rows].max():
+            continue
+        count = -(-len(rows) // list_size)
+        parts = [[] for _ in range(count)]
+        for label in np.unique(labels[rows]):
+            kind = rng.permutation(rows[labels[rows] == label])
+            if lengths is not None:
+                kind = kind[np.argsort(np.asarray(lengths)[kind], kind="stable")]
+            # near-equal contiguous chunks, the larger ones dealt to the groups that have fewest titles
+            sizes = np.full(count, len(kind) // count)
+            sizes[np.argsort([len(part) for part in parts], kind="stable")[:len(kind) % count]] += 1
+            for part, chunk in zip(parts, np.split(kind, np.cumsum(sizes)[:-1])):
+                part.extend(chunk.tolist())
+        groups.extend(part for part in parts if part)
+    return groups
+
+
+def pack_steps(groups, queries, batch_size, seed, epoch=0, lengths=None, window=50):
+    """The groups, shuffled by (seed, epoch), packed whole into steps of at most `batch_size` pairs,
+    never two groups of one query in a step (the loss groups a step's pairs by query), best fit: each
+    group into the open step it fills most. Given `lengths`, the groups of each window of `window`
+    steps' worth are packed longest first, so a step holds pairs of similar length (the Trainer's
+    group_by_length, for whole groups). The steps are then shuffled. Returns lists of row numbers."""
+    rng = np.random.default_rng([seed, epoch, 1])
+    groups = [groups[i] for i in rng.permutation(len(groups))]
+    queries = np.asarray(queries)
+    steps = []
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        size = max(1, window * batch_size)
+        windows, current, filled = [], [], 0
+        for group in groups:
+            current.append(group)
+            filled += len(group)
+            if filled >= size:
+                windows.append(current)
+                current, filled = [], 0
+        windows.append(current)
+        windows = [sorted(w, key=lambda group: -int(lengths[group].max())) for w in windows]
+    else:
+        windows = [groups]
+    for groups_in_window in windows:
+        by_room = [[] for _ in range(batch_size + 1)]  # open steps by the pairs they still take
+        for group in groups_in_window:
+            query, need = queries[group[0]], len(group)
+            found = next(((room, step) for room in range(need, batch_size) for step in by_room[room]
+                          if query not in step[1]), None)
+            if found:
+                room, step = found
+                by_room[room].remove(step)
+            else:
+                room, step = batch_size, ([], set())
+            step[0].extend(group)
+            step[1].add(query)
+            if room == need:
+                steps.append(step[0])
+            else:
+                by_room[room - need].append(step)
+        steps.extend(step[0] for room in range(1, batch_size) for step in by_room[room])
+    return [steps[i] for i in rng.permutation(len(steps))]
