@@ -17,6 +17,8 @@ import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "scorer", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+# Beside the pipeline, what `python -m tune` runs with (glob patterns): it imports stages/ too.
+TUNE_FILES = ["tune", "scripts", "search_space*.yaml"]
 
 TOPICS = {
     "transmission": ["airborne", "droplets", "aerosol", "spread"],
@@ -165,28 +167,44 @@ def csv_texts(csv_path):
         return [text for row in csv.DictReader(f) for text in (row["query"], row["title"])]
 
 
-def set_params(project, updates):
-    """Merge {section: {key: value}} into the project's params.yaml."""
+def set_params(project, updates, keep_comments=False):
+    """Merge {section: {key: value}} into the project's params.yaml; with keep_comments, as DVC edits
+    it (ruamel.yaml's round trip): its comments, and how each value left alone is written, kept."""
     params_path = Path(project) / "params.yaml"
-    params = yaml.safe_load(params_path.read_text())
+    if keep_comments:
+        from ruamel.yaml import YAML
+
+        round_trip = YAML()
+        round_trip.representer.add_representer(  # `null` as params.yaml writes it, not an empty value
+            type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+        params = round_trip.load(params_path.read_text())
+    else:
+        params = yaml.safe_load(params_path.read_text())
     for section, values in updates.items():
         params[section].update(values)
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    if keep_comments:
+        with open(params_path, "w") as f:
+            round_trip.dump(params, f)
+    else:
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def make_scratch_project(dest, csv_path, model_dir, params=None, use_git=True):
+def make_scratch_project(dest, csv_path, model_dir, params=None, use_git=True, extra_files=(), keep_comments=False):
     """Copy the project into `dest` as a fresh git + dvc repository pointed at local inputs
-    (a plain folder with use_git=False, for machines without git)."""
+    (a plain folder with use_git=False, for machines without git), with the files and folders that
+    match the patterns `extra_files` (TUNE_FILES: what `python -m tune` needs) and, with
+    keep_comments, params.yaml's comments (set_params)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
+    extras = [str(path.relative_to(PROJECT_ROOT)) for pattern in extra_files for path in sorted(PROJECT_ROOT.glob(pattern))]
+    for name in [*PROJECT_FILES, *extras]:
         source = PROJECT_ROOT / name
         if source.is_dir():
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, dest / name)
-    set_params(dest, {"data": {"url": str(csv_path)}, "model": {"name": str(model_dir)}, **(params or {})})
+    set_params(dest, {"data": {"url": str(csv_path)}, "model": {"name": str(model_dir)}, **(params or {})}, keep_comments)
     if not use_git:
         return dest
     git = ["git", "-c", "user.name=scratch", "-c", "user.email=scratch@localhost"]

@@ -143,6 +143,6 @@ FAST_PARAMS = {
 }
 
 
-def make_scratch_project(dest, csv_path, model_dir, params=FAST_PARAMS, use_git=True):
+def make_scratch_project(dest, csv_path, model_dir, params=FAST_PARAMS, use_git=True, **options):
     """bench.synthetic.make_scratch_project with the tests' fast training params."""
-    return synthetic.make_scratch_project(dest, csv_path, model_dir, params, use_git)
+    return synthetic.make_scratch_project(dest, csv_path, model_dir, params, use_git, **options)
