@@ -93,3 +93,24 @@ def test_a_wrong_type_stops_a_stage_in_one_line_before_any_work(tmp_path):
                          tmp_path, check=False, PYTHONPATH=str(PROJECT_ROOT), PYTHONDONTWRITEBYTECODE="1")
         assert (result.returncode, result.stderr.strip().splitlines()) == (1, [line])
         assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_param_typo_put_back_reruns_no_stage(project):
+    """train.precision: fp23 fails train in one line; DVC keeps train's outputs (persist: true, as
+    nothing could restore them: train has no run-cache), so once the value is put back `dvc repro`
+    finds every stage up to date, with no `dvc checkout` first (docs/pipeline.md)."""
+    from tests.conftest import dvc, stages_run
+    from tests.tiny import set_params
+
+    params = (project / "params.yaml").read_text(encoding="utf-8")
+    outputs = ["models/finetuned/model.safetensors", "results/train/metrics.json", "results/train/params.yaml",
+               "results/eval/metrics.json"]
+    before = {path: (project / path).read_bytes() for path in outputs}
+    set_params(project, {"train": {"precision": "fp23"}})
+    failed = dvc("repro", cwd=project, check=False)
+    assert failed.returncode != 0 and stages_run(failed.stdout) == ["train"]
+    assert "error: train.precision=fp23: expected one of auto, fp32, fp16, bf16\n" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    (project / "params.yaml").write_text(params, encoding="utf-8")
+    assert stages_run(dvc("repro", cwd=project).stdout) == []
+    assert {path: (project / path).read_bytes() for path in outputs} == before
