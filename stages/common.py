@@ -89,6 +89,8 @@ PARAMS = {
               "seed": integer(),
               "conflicting_labels": choice("relevant", "drop", "error")},
     "encode": {"max_length": integer(8)},
+    "teacher": {"name": Param("text", null=True, expected="null (no teacher) or a hub id or folder of a cross-encoder"),
+                "revision": Param("text", null=True, expected="null (the hub repository's main) or a commit, branch or tag")},
     "train": {"num_labels": choice(2, 1, expected="2 (irrelevant/relevant, softmax) or 1 (one relevance logit, sigmoid)"),
               "epochs": number(above=0),
               "batch_size": integer(1),

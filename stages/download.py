@@ -95,8 +95,9 @@ def weights_pattern(files, where):
     raise StageError(f"{where}: no {SAFETENSORS} or {PICKLED} weights")
 
 
-def hub_snapshot(name, revision):
-    """A local folder with the model's config, tokenizer and weights files at a pinned hub revision."""
+def hub_snapshot(name, revision, section="model"):
+    """A local folder with the model's config, tokenizer and weights files at a pinned hub revision.
+    `section`: the params section naming the model (model, teacher), named in warnings and errors."""
     try:  # huggingface_hub's HTTP client (httpx before huggingface_hub 2): its errors are a dropped connection, a timeout
         import httpx2
     except ImportError:
@@ -106,9 +107,9 @@ def hub_snapshot(name, revision):
                                         RevisionNotFoundError)
 
     if not re.fullmatch(r"[0-9a-f]{40}", revision):
-        print(f"download: warning: model.revision={revision} is a moving ref; pin the commit hash printed "
+        print(f"download: warning: {section}.revision={revision} is a moving ref; pin the commit hash printed "
               f"below in params.yaml so the same params always give the same model", file=sys.stderr)
-    where = f"model.name={name} (revision {revision})"
+    where = f"{section}.name={name} (revision {revision})"
     try:
         # One look-up gives the commit and its files: a branch that moves meanwhile changes neither.
         info = HfApi().model_info(name, revision=revision)
@@ -121,7 +122,7 @@ def hub_snapshot(name, revision):
             reason = "no such repository, or it is private or gated"
         else:
             reason = str(err).strip().splitlines()[0]
-        hint = OFFLINE_HINT.format(param="model.name", what="folder with config.json, tokenizer files and weights")
+        hint = OFFLINE_HINT.format(param=f"{section}.name", what="folder with config.json, tokenizer files and weights")
         raise StageError(f"{where}: cannot fetch from the Hugging Face hub ({reason}); {hint}") from None
     print(f"download: {name} at revision {revision} is commit {info.sha}")
     return source
@@ -153,22 +154,24 @@ def save_safetensors(source, dest):
               metadata={"format": "pt"})
 
 
-def fetch_model(name, revision, dest):
-    """Config, tokenizer and safetensors weights from a local folder or a pinned hub snapshot."""
-    source = local_model(name, "model.name") or hub_snapshot(name, revision)
+def fetch_model(name, revision, dest, section="model"):
+    """Config, tokenizer and safetensors weights from a local folder or a pinned hub snapshot, into
+    dest. `section`: the params section naming the model (model, or teach's teacher), named in errors."""
+    param = f"{section}.name"
+    source = local_model(name, param) or hub_snapshot(name, revision, section)
     if not (source / "config.json").is_file():
-        raise StageError(f"model.name={name}: no config.json in {source}")
-    weights_pattern([path.name for path in source.iterdir()], f"model.name={name}: {source}")
+        raise StageError(f"{param}={name}: no config.json in {source}")
+    weights_pattern([path.name for path in source.iterdir()], f"{param}={name}: {source}")
     if not any((source / vocabulary).is_file() for vocabulary in VOCABULARIES):
-        raise StageError(f"model.name={name}: cannot load its tokenizer: none of {', '.join(VOCABULARIES)} in {source}")
+        raise StageError(f"{param}={name}: cannot load its tokenizer: none of {', '.join(VOCABULARIES)} in {source}")
 
     from transformers import AutoTokenizer
 
-    config = model_config(name, source)
+    config = model_config(name, source, param)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, config=config, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise StageError(f"model.name={name}: cannot load its tokenizer ({str(err).splitlines()[0]})") from None
+        raise StageError(f"{param}={name}: cannot load its tokenizer ({str(err).splitlines()[0]})") from None
     dest.mkdir(parents=True)
     save_safetensors(source, dest)
     tokenizer.save_pretrained(dest)
@@ -177,7 +180,7 @@ def fetch_model(name, revision, dest):
         shutil.copyfile(source / SENTENCE_TRANSFORMERS_MODULES, dest / SENTENCE_TRANSFORMERS_MODULES)
 
 
-def model_config(name, source):
+def model_config(name, source, param="model.name"):
     """The model's transformers config. Google's original BERT releases (the default model among
     them) ship TensorFlow's bert_config.json as config.json, without `model_type`; as transformers
     used to, take the type from the model's name, and write the config transformers now expects."""
@@ -190,7 +193,7 @@ def model_config(name, source):
         return AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
     named = [model_type for model_type in CONFIG_MAPPING.keys() if model_type in str(name).lower()]
     if not named:
-        raise StageError(f"model.name={name}: {source / 'config.json'} has no model_type, and the name names no "
+        raise StageError(f"{param}={name}: {source / 'config.json'} has no model_type, and the name names no "
                          f"model type transformers knows")
     return CONFIG_MAPPING[max(named, key=len)].from_dict(raw)
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.tiny import TINY_MODELS, csv_texts, make_scratch_project, write_pairs_csv, write_tiny_bert
 
-STAGES = ["download", "split", "encode", "train", "export", "quantize", "evaluate", "vespa"]
+STAGES = ["download", "split", "encode", "teach", "train", "export", "quantize", "evaluate", "vespa"]
 
 
 def pipeline_env(**extra):
@@ -156,7 +156,7 @@ def reproduced_project(shared_dir, pairs_csv, tiny_bert):
 
     The stages run as `dvc repro` would run dvc.yaml's commands, but in this process
     (run_stages_in_process), and `dvc commit` records them as `dvc repro` does, as for a run made
-    outside DVC (docs/scale.md): the imports of eight fresh interpreters are the largest part of the
+    outside DVC (docs/scale.md): the imports of nine fresh interpreters are the largest part of the
     fixture, which every pipeline test waits for. test_hub's `dvc repro` runs every stage under DVC,
     and test_second_repro_with_nothing_changed_runs_no_stage sees that DVC takes this run as its own."""
     def reproduce(project):

@@ -70,6 +70,7 @@ def stages_after(changed, project):
 
 @pytest.mark.parametrize(("section", "key", "value", "expected"), [
     ("train", "learning_rate", 5e-4, ["train", "export", "quantize", "evaluate", "vespa"]),
+    ("model", "num_layers", 1, ["train", "export", "quantize", "evaluate", "vespa"]),  # applied by train, not download
     ("encode", "max_length", 9, ["encode", "train", "export", "quantize", "evaluate", "vespa"]),
     ("export", "opset", 17, ["export", "quantize", "evaluate", "vespa"]),
     ("quantize", "per_channel", False, ["quantize", "evaluate", "vespa"]),
