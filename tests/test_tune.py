@@ -100,20 +100,29 @@ def test_bad_input_stops_with_one_line_naming_it(tmp_path, csv_path, tiny_bert):
     # A previous run's split metrics in the workspace: --metric is checked against them before anything runs.
     (project / "results/split").mkdir(parents=True)
     (project / "results/split/metrics.json").write_text(json.dumps({"val_pairs": 10, "train_pairs": 30}))
-    cases = [("bad.yaml", "train.learning_rte: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n", [],
+    (project / "results/train").mkdir(parents=True)
+    (project / "results/train/metrics.json").write_text(json.dumps({"eval": {"ndcg@10": 0.5}}))
+    cases = [("search_space.yaml", "train.learning_rte: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n", [],
               "error: {space}: train.learning_rte: not a key of params.yaml"),
-             ("bad.yaml", "train.epochs: {type: normal, low: 1, high: 5}\n", [],
+             ("search_space.yaml", "train.epochs: {type: normal, low: 1, high: 5}\n", [],
               "error: {space}: train.epochs: unknown distribution type 'normal'"),
+             ("space.yaml", None, ["--metric", "eval.ndgc@10"],
+              "error: --metric eval.ndgc@10: eval.ndgc@10 is not in results/train/metrics.json (its keys: eval.ndcg@10); "
+              "a bare KEY is looked up in results/train/metrics.json: give another file's as FILE:KEY"),
              ("space.yaml", None, ["--metric", "results/split/metrics.json:val_pears"],
               "error: --metric results/split/metrics.json:val_pears: val_pears is not in results/split/metrics.json")]
+    printed = []
     for name, text, extra, expected in cases:
         if text is not None:
             (project / name).write_text(text)
         result = tune(project, "--trials", "1", "--search-space", name, *extra, check=False)
+        printed.append(result.stderr.strip())
         assert result.returncode == 1
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith(expected.format(space=project / name)), result.stderr
     assert not (project / "results/tune/studies.db").exists(), "bad input starts no study"
+    assert_documented_errors_are_real("error: .../search_space.yaml", printed)
+    assert_documented_errors_are_real("error: --metric eval.", printed)
 
 
 def test_a_float_below_1e_4_set_by_dvc_reaches_the_stages_as_a_number(tmp_path, monkeypatch):
@@ -437,3 +446,38 @@ def test_importances_are_drawn_from_ten_complete_trials(tmp_path):
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1) + 0.01 * trial.suggest_int("y", 0, 3), n_trials=IMPORTANCES_FROM)
     assert draw(study, tmp_path / "importances.png", "importances", "value") is None
     assert (tmp_path / "importances.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_study_without_a_complete_trial_takes_other_settings_and_leaves_no_lock_files(tmp_path, csv_path, tiny_bert):
+    """`--trials 0` (or trials that all failed) fixes nothing: a later run may change --folds or the
+    metrics. A complete trial fixes the split, and the refusal says "the holdout split", not None."""
+    import optuna
+
+    project = tune_project(tmp_path / "project", csv_path, tiny_bert)
+    tune(project, "--trials", "0", "--search-space", "space.yaml", "--folds", "2")
+    moved = tune(project, "--trials", "0", "--search-space", "space.yaml")
+    assert "tune: note: study 'tune' has no complete trial; it starts again with the holdout split" in moved.stdout + moved.stderr
+    tune(project, "--trials", "0", "--search-space", "space.yaml", "--study", "folds", "--folds", "2")
+    refusals = []
+    storage = f"sqlite:///{project / 'results/tune/studies.db'}"
+    for study, other, was in [("tune", ["--folds", "2"], "the holdout split"), ("folds", [], "--folds 2")]:
+        optuna.load_study(study_name=study, storage=storage).add_trial(optuna.trial.create_trial(value=0.5))
+        refused = tune(project, "--trials", "1", "--search-space", "space.yaml", "--study", study, *other, check=False)
+        assert (refused.returncode, refused.stderr.strip()) == (1, f"error: --folds: study '{study}' was run with {was}; a "
+                                                                   f"study keeps one split once a trial is complete (give another --study)")
+        refusals.append(refused.stderr.strip())
+    assert sorted(path.name for path in (project / "results/tune").glob("studies.db*")) == ["studies.db"]
+    assert_documented_errors_are_real("error: --folds", refusals)
+
+
+def assert_documented_errors_are_real(prefix, lines):
+    """Each error docs/tuning.md quotes that starts with `prefix` is one of `lines`, what tune printed
+    (`...` in the docs stands for any text, such as the project's path or a file's keys)."""
+    import re
+
+    text = (PROJECT_ROOT / "docs/tuning.md").read_text(encoding="utf-8")
+    quoted = [quote for quote in re.findall(r"`(error: [^`]+)`", text) if quote.startswith(prefix)]
+    assert quoted, f"docs/tuning.md quotes no {prefix!r}"
+    for quote in quoted:
+        pattern = ".*".join(map(re.escape, quote.split("...")))
+        assert any(re.fullmatch(pattern, line) for line in lines), (quote, lines)

@@ -94,12 +94,23 @@ def parse_args(argv):
     return args
 
 
+def describe_split(folds):
+    """--folds as a message says it: `--folds 5`, or the holdout split for none."""
+    return "the holdout split" if folds is None else f"--folds {folds}"
+
+
+def known_settings_differ(known, settings):
+    """Whether a study's recorded settings (its user attribute `tune`) differ in what a study keeps."""
+    return any(known.get(name) != settings[name] for name in ("folds", "metrics"))
+
+
 def parse_metric(text, project, direction="maximize"):
     """The Metric of one --metric: FILE:KEY or KEY in the default file, optionally followed by
     :maximize or :minimize (else `direction`), the stage writing FILE, and the file of its per-epoch values."""
     file, key = DEFAULT_METRICS_FILE, text
     head, sep, tail = text.partition(":")
-    if sep and head.endswith(METRIC_FILE_SUFFIXES):
+    sep_file = bool(sep and head.endswith(METRIC_FILE_SUFFIXES))
+    if sep_file:
         file, key = head, tail
     name, sep, suffix = key.rpartition(":")
     if sep and suffix in DIRECTIONS:
@@ -116,7 +127,9 @@ def parse_metric(text, project, direction="maximize"):
         except ValueError:
             data = None
         if isinstance(data, dict) and key not in experiments.flat_keys(data):
-            raise TuneError(f"--metric {text}: {experiments.missing_key(key, file, data)}")
+            bare = "" if sep_file else (f"; a bare KEY is looked up in {DEFAULT_METRICS_FILE}: give another file's "
+                                        f"as FILE:KEY, such as results/eval/metrics.json:fp32.ndcg@10")
+            raise TuneError(f"--metric {text}: {experiments.missing_key(key, file, data)}{bare}")
     return Metric(file, key, stage, pruning.curve_path(file, key), direction)
 
 
@@ -211,6 +224,8 @@ class Tuner:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         # Heartbeats are recorded here by tune's own thread per trial, not by Study.optimize.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        from optuna.trial import TrialState
+
         self.storage, self.locks = storages.open_storage(self.url, self.rerun_stale)
         objectives = describe_metrics(self.metrics)
         settings = {"metrics": objectives, "metric_file": self.metric_file, "metric": self.metric_key,
@@ -219,6 +234,19 @@ class Tuner:
             study = optuna.create_study(storage=self.storage, study_name=self.args.study,
                                         directions=[m.direction for m in self.metrics], load_if_exists=True)
             known = study.user_attrs.get("tune")
+            if known is not None and known_settings_differ(known, settings) and not any(
+                    trial.state in (TrialState.COMPLETE, TrialState.RUNNING) for trial in study.trials):
+                # Nothing complete or running (a --trials 0 run, or trials that all failed or were
+                # pruned): nothing is lost by starting the study again with these settings.
+                self.say(f"tune: note: study '{self.args.study}' has no complete trial; it starts again with "
+                         f"{describe_split(settings['folds'])} and these metrics")
+                if [d.name.lower() for d in study.directions] != [m.direction for m in self.metrics]:
+                    optuna.delete_study(study_name=self.args.study, storage=self.storage)
+                    study = optuna.create_study(storage=self.storage, study_name=self.args.study,
+                                                directions=[m.direction for m in self.metrics])
+                    self.enqueue_current_params(study)
+                study.set_user_attr("tune", {**settings, "commit": self.project.head})
+                known = study.user_attrs["tune"]
             directions = [d.name.lower() for d in study.directions]
             # Studies from before several metrics recorded one metric_file and metric.
             theirs = (known or {}).get("metrics") or ([[known["metric_file"], known["metric"], directions[0]]] if known else None)
@@ -238,8 +266,8 @@ class Tuner:
                 self.enqueue_current_params(study)
             else:
                 if known.get("folds") != settings["folds"]:
-                    raise TuneError(f"--folds: study '{self.args.study}' was run with --folds {known.get('folds')}; "
-                                    f"a study keeps one split (give another --study)")
+                    raise TuneError(f"--folds: study '{self.args.study}' was run with {describe_split(known.get('folds'))}; "
+                                    f"a study keeps one split once a trial is complete (give another --study)")
                 if known.get("search_space") != settings["search_space"]:
                     self.say(f"tune: note: {self.args.search_space} differs from the space study '{self.args.study}' "
                              f"started with; its next trials search the new one")

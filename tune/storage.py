@@ -10,6 +10,7 @@ PostgreSQL, a lock file beside the SQLite file), so that workers never run more 
 """
 import contextlib
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -81,12 +82,41 @@ class Locks:
                     connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                     connection.commit()
             return
-        from filelock import FileLock
-
         database = Path(self.url.split("///", 1)[1])
         safe = hashlib.sha1(name.encode()).hexdigest()[:16]
-        with self._threads, FileLock(str(database.with_name(f"{database.name}.{safe}.lock"))):
+        with self._threads, removed_lock_file(database.with_name(f"{database.name}.{safe}.lock")):
             yield
+
+
+@contextlib.contextmanager
+def removed_lock_file(path):
+    """An exclusive flock on `path`, a file that exists only while it is held: the holder removes it
+    before it lets go, and a waiter that then gets the lock of a file no longer at `path` tries again
+    on the new one, so no empty lock file is left beside the database."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(path)
+                if (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        finally:
+            os.close(fd)
 
 
 def open_storage(url, stale_trial_callback, attempts=5):
