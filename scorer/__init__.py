@@ -22,13 +22,24 @@ ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_
 
 class RelevanceScorer:
     def __init__(self, onnx_path, providers=("CPUExecutionProvider",)):
+        """Load `onnx_path` and the metadata.json and tokenizer.json beside it. A missing file raises
+        FileNotFoundError, an unreadable one ValueError, each with a one-line message naming the file."""
         import onnxruntime
         from tokenizers import Tokenizer
 
-        model_dir = Path(onnx_path).parent
-        self.metadata = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
-        # Used as shipped: tokenizer.json itself truncates to max_length and pads to the longest pair.
-        self.tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
+        onnx_path = Path(onnx_path)
+        metadata_path, tokenizer_path = onnx_path.parent / METADATA_FILE, onnx_path.parent / TOKENIZER_FILE
+        for path in (onnx_path, metadata_path, tokenizer_path):
+            if not path.is_file():
+                raise FileNotFoundError(missing_file_message(onnx_path, path))
+        try:
+            self.metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{metadata_path}: not the JSON the export stage writes ({error})") from None
+        try:  # Used as shipped: tokenizer.json itself truncates to max_length and pads to the longest pair.
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as error:  # tokenizers raises a bare Exception
+            raise ValueError(f"{tokenizer_path}: not a tokenizers tokenizer file ({error})") from None
         self.session = onnxruntime.InferenceSession(str(onnx_path), providers=list(providers))
         self.inputs = self.metadata["inputs"]
 
@@ -50,6 +61,14 @@ class RelevanceScorer:
             rows = by_length[start:start + batch_size]
             logits[rows] = self.logits([queries[i] for i in rows], [titles[i] for i in rows])
         return relevance_probability(logits, self.metadata)
+
+
+def missing_file_message(onnx_path, missing):
+    """Why a model can not load: `missing`, one of the files that ship together, is not there."""
+    if missing == onnx_path:
+        return f"{missing}: no such file"
+    return (f"{missing}: no such file; {METADATA_FILE} and {TOKENIZER_FILE} ship beside {onnx_path.name} "
+            f"(the export stage writes all three to models/): copy them with it")
 
 
 def relevance_probability(logits, metadata):

@@ -1,13 +1,15 @@
 """The deployable model: metadata, tokenizer and int8 beside model.onnx, and the torch-free scorer
 (scorer/) agreeing with PyTorch, from Python and its command line."""
 import csv
+import io
 import json
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import dvc, run_cli
+from tests.conftest import dvc, pipeline_env, run_cli
 from tests.tiny import set_params
 
 PAIRS = [("coronavirus vaccine trial", "Vaccine antibody trial, a cohort study"),
@@ -150,3 +152,69 @@ def test_bad_pairs_file_is_refused_in_one_line_and_writes_nothing(reproduced_pro
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: {input_csv}: {message}"
     assert list(tmp_path.iterdir()) == [input_csv]
+
+
+@pytest.mark.parametrize(("shipped", "missing"), [(["model.onnx"], "metadata.json"),
+                                                  (["model.onnx", "metadata.json"], "tokenizer.json")])
+def test_a_model_copied_without_its_files_names_the_missing_one_in_one_line(reproduced_project, tmp_path, shipped,
+                                                                            missing):
+    import shutil
+
+    from scorer import RelevanceScorer
+
+    model_dir, input_csv, output_csv = tmp_path / "served", tmp_path / "pairs.csv", tmp_path / "scored.csv"
+    model_dir.mkdir()
+    for name in shipped:
+        shutil.copyfile(reproduced_project / "models" / name, model_dir / name)
+    input_csv.write_text("query,title\ncovid masks,Face masks in schools\n")
+    expected = (f"{model_dir / missing}: no such file; metadata.json and tokenizer.json ship beside model.onnx "
+                "(the export stage writes all three to models/): copy them with it")
+    with pytest.raises(FileNotFoundError) as raised:
+        RelevanceScorer(model_dir / "model.onnx")
+    assert str(raised.value) == expected
+    result = run_scorer(reproduced_project, "--model", model_dir / "model.onnx", "pairs", input_csv, output_csv)
+    assert (result.returncode, result.stderr.splitlines()) == (1, [f"error: {expected}"])
+    assert not output_csv.exists()
+
+
+def test_dash_reads_pairs_from_standard_input_and_writes_them_to_standard_output(reproduced_project, tmp_path):
+    from scorer import RelevanceScorer
+
+    model = reproduced_project / "models/model.onnx"
+    pairs = "query,title\n" + "".join(f"{query},{title.replace(',', '')}\n" for query, title in PAIRS)
+    # -B: scorer/ is imported from the shared reproduced project, as run_scorer does; run in tmp_path,
+    # where a file named - would land.
+    result = subprocess.run([sys.executable, "-B", "-m", "scorer", "--model", model, "pairs", "-", "-"], cwd=tmp_path,
+                            input=pairs, capture_output=True, text=True, env=pipeline_env(PYTHONPATH=str(reproduced_project)))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == "scored 4 pairs into standard output"
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    expected = RelevanceScorer(model).scores([row["query"] for row in rows], [row["title"] for row in rows])
+    assert [(row["query"], row["title"]) for row in rows] == [tuple(line.split(",")) for line in pairs.splitlines()[1:]]
+    np.testing.assert_allclose([float(row["relevance"]) for row in rows], expected, atol=1e-6)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_in_a_missing_folder_is_refused_in_one_line(reproduced_project, tmp_path):
+    input_csv = tmp_path / "pairs.csv"
+    input_csv.write_text("query,title\ncovid masks,Face masks in schools\n")
+    result = run_scorer(reproduced_project, "pairs", input_csv, tmp_path / "no-such-folder/scored.csv")
+    assert (result.returncode, result.stderr.splitlines()) == (
+        1, [f"error: {tmp_path}/no-such-folder/scored.csv: no folder {tmp_path}/no-such-folder to write it in"])
+
+
+def test_help_reads_python_m_scorer_and_explains_every_argument():
+    import argparse
+
+    from scorer.__main__ import build_parser
+    from tests.tiny import PROJECT_ROOT
+
+    result = run_cli([sys.executable, "-B", "-m", "scorer", "--help"], cwd=PROJECT_ROOT)
+    assert result.stdout.startswith("usage: python -m scorer ")
+    parsers = [build_parser()]
+    for parser in parsers:
+        for action in parser._actions:
+            assert action.help not in (None, argparse.SUPPRESS), f"{parser.prog}: {action.dest} has no help"
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    assert [parser.prog for parser in parsers] == ["python -m scorer", "python -m scorer pairs", "python -m scorer rank"]
