@@ -240,7 +240,7 @@ def assert_serves_like_pytorch(project, architecture):
     return metadata, scores
 
 
-THROUGH_EXPORT = ["download", "split", "encode", "train", "export"]
+THROUGH_EXPORT = ["download", "split", "encode", "teach", "train", "export"]
 # The encoders taken to a ranking model.onnx: {architecture: (train params, the line train prints about the head)}.
 RANKING = {
     "roberta": ({"freeze_base": False}, "train: a new 2-label head (train.num_labels: 2)"),
