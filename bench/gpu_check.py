@@ -206,10 +206,10 @@ def run_stage(name, stage, project, shim_dir, logs, deadline):
 
 
 def train_log(project):
-    """The Trainer's figures from the train stage's dvclive log, results/train/metrics.json."""
-    metrics = json.loads((project / "results/train/metrics.json").read_text())
+    """The Trainer's figures from the train stage's report, results/train/report.json."""
+    metrics = json.loads((project / "results/train/report.json").read_text())
     return {"samples_per_second": metrics["train"]["samples_per_second"], "runtime": metrics["train"]["runtime"],
-            "epochs": metrics.get("epoch"), "steps": metrics.get("step"), "loss": metrics["train"].get("loss")}
+            "epochs": metrics.get("epoch"), "steps": metrics.get("optimizer_steps"), "loss": metrics["train"].get("loss")}
 
 
 def split_pairs(project, split):

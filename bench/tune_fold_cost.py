@@ -78,7 +78,7 @@ def main():
     dvc_fixed = timed(dvc + ["exp", "run", "--temp", "-n", "noop", "encode"], project)
     study = json.loads((project / "results/tune/cost.json").read_text())
     folds = [t["seconds"] for t in study["trials"] if t["state"] == "COMPLETE"]
-    train_metrics = json.loads((project / "results/train/metrics.json").read_text())
+    train_metrics = json.loads((project / "results/train/report.json").read_text())
     median = statistics.median
     record = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "load_average": {"start": load_start, "end": os.getloadavg()[0]},
               "pairs": len(labels), "train_command": train_runs, "tune_one_more_trial": tune_runs, "tune_nothing_to_run": tune_only,

@@ -65,7 +65,7 @@ def write_models(model, tokenizer, models_dir):
 
 
 def run_stage(project, models_dir, length, eval_pairs):
-    """The vespa stage's results/vespa/metrics.json with vespa.max_length = `length`."""
+    """The vespa stage's report (results/vespa/report.json: every candidate's figures) with vespa.max_length = `length`."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["vespa"].update(max_length=length, eval_pairs=eval_pairs)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -73,7 +73,7 @@ def run_stage(project, models_dir, length, eval_pairs):
     subprocess.run([sys.executable, "-m", "stages.vespa", str(models_dir), "data/split", str(out / "package"),
                     str(out / "metrics.json")], cwd=project, check=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
                    stdout=subprocess.DEVNULL)
-    return json.loads((out / "metrics.json").read_text())
+    return json.loads((out / "report.json").read_text())
 
 
 GEMM_KERNELS = ("MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
@@ -111,7 +111,7 @@ def markdown(report):
     lines = [f"# What a reranked hit costs in Vespa ({report['date']})", "",
              f"Machine: {report['machine']}; onnxruntime {report['onnxruntime']}, one intra-op thread, batch 1, "
              "every graph optimization (Vespa's session settings). Every row is the vespa stage's own "
-             "results/vespa/metrics.json at that vespa.max_length, one row per candidate file; cost per query at "
+             "results/vespa/report.json at that vespa.max_length, one row per candidate file; cost per query at "
              f"rerank_count 100. Validation: {report['validation']}. `auto` is the stage's default L; served: the file "
              "`vespa.model: auto` shipped (the fewest ms per hit of those within 0.005 nDCG@10 and ROC-AUC of "
              "model.onnx that score deterministically). Share of the GEMM rate: the time the "

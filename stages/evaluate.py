@@ -12,11 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import load_params, read_pairs, run, write_json
+from stages.common import REPORT_FILE, headline, load_params, read_pairs, run, write_json
 from stages.metrics import (THRESHOLD, TfidfBaseline, metrics_by_scorer, model_scorers, model_scores, query_ids,
                              runtime)
 
 ONE_CLASS_NOTE = "undefined: the validation pairs hold one class"
+# results/eval/metrics.json, what `dvc metrics show` shows; report.json beside it holds every metric of
+# every scorer (accuracy, precision, recall, average precision, MAP, precision@5, the query counts), the
+# pair counts and the runtime.
+METRICS = tuple(f"{scorer}.{name}" for scorer in ("fp32", "int8", "tfidf") for name in ("ndcg@10", "mrr@10", "roc_auc", "f1")
+                if not (scorer == "tfidf" and name == "f1"))
 
 
 def fit_baseline(train_csv):
@@ -43,8 +48,9 @@ def score_pairs(val_csv, scorers, baseline):
 
 
 def write_evaluation(queries, labels, scores, eval_dir, plot_pairs, runtime_info=None):
-    """metrics.json with every scorer's metrics (the TF-IDF baseline's without a threshold), and the
-    plots of the float32 model's scores."""
+    """report.json with every scorer's metrics (the TF-IDF baseline's without a threshold) and the
+    counts, metrics.json with the headline ones (METRICS), and the plots of the float32 model's scores;
+    returns the report."""
     from dvclive import Live
 
     every = max(1, math.ceil(len(labels) / plot_pairs))
@@ -58,10 +64,11 @@ def write_evaluation(queries, labels, scores, eval_dir, plot_pairs, runtime_info
                 write_json(Path(live.plots_dir) / "sklearn" / f"{plot}.json", {plot: [{x: 0.0, y: 0.0, "note": ONE_CLASS_NOTE}]})
         live.log_sklearn_plot("confusion_matrix", plotted_labels, (plotted >= THRESHOLD).astype(int))
         summary = metrics_by_scorer(queries, labels, scores, "evaluate")
-        live.summary = {**summary, "pairs": len(labels), "queries": int(len(np.unique(queries))),
-                        "plotted_pairs": len(plotted_labels),
-                        **({"runtime": runtime_info} if runtime_info else {})}
-    return live.summary
+        report = {**summary, "pairs": len(labels), "queries": int(len(np.unique(queries))),
+                  "plotted_pairs": len(plotted_labels), **({"runtime": runtime_info} if runtime_info else {})}
+        live.summary = headline(report, METRICS)
+    write_json(Path(eval_dir) / REPORT_FILE, report)
+    return report
 
 
 def main():
@@ -69,7 +76,8 @@ def main():
     parser.add_argument("split_dir", type=Path, help="train.csv (fits the baseline) and val.csv (data/split)")
     parser.add_argument("onnx_path", type=Path, help="the float32 model (models/model.onnx)")
     parser.add_argument("int8_path", type=Path, help="the int8 model (models/model.int8.onnx)")
-    parser.add_argument("eval_dir", type=Path, help="output: metrics.json and plots (results/eval)")
+    parser.add_argument("eval_dir", type=Path, help="output: metrics.json (the headline metrics), report.json (all of "
+                        "them) and plots (results/eval)")
     args = parser.parse_args()
     params = load_params("evaluate")
 
@@ -79,7 +87,8 @@ def main():
     auc = {name: summary[name]["roc_auc"] for name in ("fp32", "int8", "tfidf")}
     print("evaluate: ROC-AUC " + ", ".join(f"{name} {'undefined' if value is None else f'{value:.4f}'}"
                                           for name, value in auc.items())
-          + f" on {summary['pairs']} validation pairs ({summary['runtime']['providers']['fp32']})")
+          + f" on {summary['pairs']} validation pairs ({summary['runtime']['providers']['fp32']}); nDCG@10, MRR@10, "
+          f"ROC-AUC and F1 in {args.eval_dir / 'metrics.json'}, every metric and count in {args.eval_dir / REPORT_FILE}")
 
 
 if __name__ == "__main__":

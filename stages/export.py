@@ -11,9 +11,10 @@ import warnings
 from pathlib import Path
 
 from scorer import METADATA_FILE, TOKENIZER_FILE
-from stages.common import StageError, atomic_paths, load_params, model_inputs, run, write_json
+from stages.common import StageError, atomic_paths, load_params, model_inputs, report_path, run, write_json, write_metrics
 
 PARITY_BATCH_SIZES = (1, 7, 32)
+METRICS = ("max_abs_logit_diff",)  # results/export/metrics.json; report.json adds parity_batches
 # The first onnxruntime release that implements each ONNX opset (onnxruntime's docs/Versioning.md).
 ONNXRUNTIME_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18", 23: "1.23"}
 # The oldest onnxruntime this project supports, because its tests run it: CI scores model.onnx and
@@ -188,7 +189,8 @@ def main():
     parser.add_argument("val_dataset", type=Path, help="tokenized validation pairs for the parity check (data/encoded/val)")
     parser.add_argument("onnx_path", type=Path, help=f"output ONNX file (models/model.onnx); {TOKENIZER_FILE} and "
                         f"{METADATA_FILE} go beside it")
-    parser.add_argument("metrics_path", type=Path, help="output parity metrics (results/export/metrics.json)")
+    parser.add_argument("metrics_path", type=Path, help="output: the parity check's largest logit difference "
+                        "(results/export/metrics.json); report.json beside it adds the batch shapes checked")
     args = parser.parse_args()
     params = load_params("export")
     max_length = load_params("encode")["max_length"]
@@ -216,10 +218,10 @@ def main():
                              f"more than export.atol={params['atol']}")
         save_serving_tokenizer(tokenizer, tokenizer_path, max_length)
         write_metadata(metadata_path, model, input_names, params["opset"], max_length)
-    write_json(args.metrics_path, {"max_abs_logit_diff": difference,
-                                   "parity_batches": [list(b["input_ids"].shape) for b in batches]})
+    write_metrics(args.metrics_path, {"max_abs_logit_diff": difference,
+                                      "parity_batches": [list(b["input_ids"].shape) for b in batches]}, METRICS)
     print(f"export: {args.onnx_path} (opset {params['opset']}) matches PyTorch within {difference:.3g} "
-          f"(export.atol={params['atol']})")
+          f"(export.atol={params['atol']}; {args.metrics_path}, batch shapes in {report_path(args.metrics_path)})")
 
 
 if __name__ == "__main__":

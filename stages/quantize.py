@@ -8,7 +8,10 @@ model.onnx down with it.
 import argparse
 from pathlib import Path
 
-from stages.common import StageError, atomic_path, load_params, run, sample_queries, write_json
+from stages.common import StageError, atomic_path, load_params, report_path, run, sample_queries, write_metrics
+
+# results/quantize/metrics.json: int8 against float32; report.json adds the largest difference, the counts, the runtime.
+METRICS = ("spearman", "mean_abs_score_diff", "decision_agreement")
 
 
 def quantize(onnx_path, int8_path, params):
@@ -87,7 +90,8 @@ def main():
     parser.add_argument("onnx_path", type=Path, help="float32 model (models/model.onnx), with tokenizer.json and metadata.json beside it")
     parser.add_argument("val_csv", type=Path, help="validation pairs, sampled for the check (data/split/val.csv)")
     parser.add_argument("int8_path", type=Path, help="output int8 model, beside model.onnx (models/model.int8.onnx)")
-    parser.add_argument("metrics_path", type=Path, help="output: the check's measurements (results/quantize/metrics.json)")
+    parser.add_argument("metrics_path", type=Path, help="output: int8's agreement with float32 (results/quantize/metrics.json); "
+                        "report.json beside it adds the largest score difference, the pairs and the runtime")
     args = parser.parse_args()
     params = load_params("quantize")
     if args.int8_path.parent != args.onnx_path.parent:
@@ -99,10 +103,10 @@ def main():
         failure = check_failure(check, params)
         if failure:
             raise StageError(f"{args.int8_path}: {failure}; model.onnx is unaffected")
-    write_json(args.metrics_path, check)
+    write_metrics(args.metrics_path, check, METRICS)
     print(f"quantize: {args.int8_path} against float32 on {check['pairs']} validation pairs: Spearman "
           f"{spearman_text(check)}, mean score change {check['mean_abs_score_diff']:.2g}, decisions agree on "
-          f"{check['decision_agreement']:.1%}")
+          f"{check['decision_agreement']:.1%} ({args.metrics_path}; the rest in {report_path(args.metrics_path)})")
 
 
 if __name__ == "__main__":

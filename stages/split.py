@@ -13,7 +13,7 @@ import argparse
 import math
 from pathlib import Path
 
-from stages.common import StageError, atomic_path, load_params, read_pairs, run, write_json
+from stages.common import StageError, atomic_path, load_params, read_pairs, report_path, run, write_metrics
 
 STRATEGIES = ("group", "random")
 CONFLICT_POLICIES = ("relevant", "drop", "error")
@@ -21,6 +21,8 @@ CONFLICT_POLICIES = ("relevant", "drop", "error")
 # buffers, and ordering 400k rows within 64 MB failed; with one, the stage took 39 MiB more at 400k
 # rows than at 40k. Neither setting changes a result.
 DUCKDB = {"memory_limit": "64MB", "threads": 1, "preserve_insertion_order": False}
+# results/split/metrics.json: the split's sizes; report.json beside it adds rows, merged and conflicting pairs.
+METRICS = ("train_pairs", "val_pairs", "train_queries", "val_queries")
 
 
 def check_params(params):
@@ -155,7 +157,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("raw_csv", type=Path, help="query,title,label CSV (data/raw/pairs.csv)")
     parser.add_argument("split_dir", type=Path, help="output folder for train.csv and val.csv (data/split)")
-    parser.add_argument("report", type=Path, help="output: counts of rows, pairs and conflicts (results/split/metrics.json)")
+    parser.add_argument("metrics", type=Path, help="output: the split's sizes (results/split/metrics.json); report.json "
+                        "beside it adds the counts of rows, merged and conflicting pairs")
     args = parser.parse_args()
     params = load_params("split")
 
@@ -164,9 +167,10 @@ def main():
         scratch = split_dir.parent / "work"
         scratch.mkdir()
         counts = split_csv(args.raw_csv, split_dir, params, scratch)
-    write_json(args.report, counts)
+    write_metrics(args.metrics, counts, METRICS)
     print(f"split: {counts['train_pairs']} training pairs ({counts['train_queries']} queries), "
-          f"{counts['val_pairs']} validation pairs ({counts['val_queries']} queries)")
+          f"{counts['val_pairs']} validation pairs ({counts['val_queries']} queries) in {args.metrics}; rows, "
+          f"merged and conflicting pairs in {report_path(args.metrics)}")
 
 
 if __name__ == "__main__":

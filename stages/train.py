@@ -1,7 +1,9 @@
 """train: fine-tune the pretrained model as a (query, title) relevance classifier with the
 transformers Trainer, logging per epoch with dvclive the training and validation loss and the
 validation ranking metrics (nDCG@10, MRR@10, MAP, precision@5 of the PyTorch model's P(relevant),
-grouped by query as evaluate groups them); results/train/metrics.json holds the last epoch's.
+grouped by query as evaluate groups them), one dvclive step per epoch (stages/epoch_log.py);
+results/train/metrics.json holds the last epoch's headline ones, report.json beside it every figure
+of the last epoch and of the run (runtime, samples per second, FLOPs).
 
 Runs on CPU or one GPU as is (one GPU even when the host has several). With train.gpus: N > 1
 it starts itself under torchrun, one process per GPU (the Trainer's distributed data parallel);
@@ -35,7 +37,8 @@ def main():
     parser.add_argument("model_dir", type=Path, help="output: fine-tuned model and tokenizer (models/finetuned)")
     parser.add_argument("checkpoints", type=Path, help="output kept between runs: the Trainer's checkpoints, "
                         "empty after a completed run (models/checkpoints)")
-    parser.add_argument("results_dir", type=Path, help="output: dvclive's metrics.json (the last epoch's) and per-epoch curves (results/train)")
+    parser.add_argument("results_dir", type=Path, help="output: dvclive's metrics.json (the last epoch's headline metrics), "
+                        "per-epoch curves, and report.json (every figure) (results/train)")
     args = parser.parse_args()
     params = load_params("train")
     num_layers = load_params("model").get("num_layers")
@@ -47,7 +50,9 @@ def main():
     from datasets import load_from_disk
     from dvclive import Live
     from transformers import AutoTokenizer, set_seed
-    from transformers.integrations import DVCLiveCallback
+
+    from stages.common import REPORT_FILE
+    from stages.epoch_log import EpochLog
 
     set_seed(params["seed"])
     tokenizer = AutoTokenizer.from_pretrained(args.pretrained_dir, local_files_only=True)
@@ -73,11 +78,13 @@ def main():
             print(f"train: resuming the interrupted run from {resume_from}")
     train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")
     live = Live(str(args.results_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main_process else None
+    log = EpochLog(live, args.results_dir / REPORT_FILE) if live else None
     trainer, _ = make_trainer(params, training_args, model, tokenizer, train_set, val_set, args.checkpoints / "features",
-                              [DVCLiveCallback(live=live)] if live else [])
+                              [log] if log else [])
     effective_batch_size = training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     if main_process:
         live.log_param("effective_batch_size", effective_batch_size)
+        log.extra["effective_batch_size"] = effective_batch_size
         print(f"train: {len(train_set)} pairs, effective batch size {effective_batch_size} "
               f"({training_args.world_size} process(es) x {training_args.train_batch_size})")
     trainer.train(resume_from_checkpoint=resume_from)
@@ -88,6 +95,9 @@ def main():
             model.save_pretrained(model_dir)  # with the head trained in place when features were cached
             tokenizer.save_pretrained(model_dir)
         empty_checkpoints(args.checkpoints)  # the run completed: nothing to resume
+        print(f"train: the last epoch's validation nDCG@10, MRR@10 and loss and training loss in {args.results_dir / 'metrics.json'}; "
+              f"per epoch in {args.results_dir / 'plots/metrics'}; every figure of the last epoch and the run (runtime, "
+              f"samples per second, FLOPs) in {args.results_dir / REPORT_FILE}")
     # Under torchrun: every rank past its last collective before the process group goes. Without it, a
     # rank that finishes first can hang for good in gloo's teardown (its thread freeing the Trainer's
     # last all_gather waits for the GIL that the teardown holds; pytorch/pytorch#56297).

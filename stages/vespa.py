@@ -16,10 +16,11 @@ model.int8.onnx, and files built here for Vespa's shape: per-tensor int8, a fuse
 ROC-AUC at most vespa.max_ranking_drop below) and score deterministically (a hit scored again in a
 fresh session, at 1 and at 4 intra-op threads, gives the same logits).
 
-results/vespa/metrics.json: for each candidate, milliseconds per hit (median, p99) and CPU
+results/vespa/report.json: for each candidate, milliseconds per hit (median, p99) and CPU
 milliseconds per query at L, batch 1, as Vespa runs it on this machine, GFLOP per hit, and the
 ranking metrics on the inputs Vespa builds, one hit at a time; the served file's figures again under
-`served`; the scorer's float32 metrics (evaluate's) on the same pairs.
+`served`; the scorer's float32 metrics (evaluate's) on the same pairs. results/vespa/metrics.json,
+the stage's DVC metrics, holds L and the served file's name, cost and ranking (METRICS).
 """
 import argparse
 import json
@@ -27,9 +28,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stages.common import StageError, atomic_paths, cpu_description, load_params, run, sample_queries, write_json
+from stages.common import (StageError, atomic_paths, cpu_description, headline, load_params, report_path, run, sample_queries,
+                           write_json)
 from stages.vespa_files import FILES, UNFUSED, build_candidates, gflop_per_hit
 
+# results/vespa/metrics.json: what the shipped package costs and how it ranks; report.json beside it holds
+# every candidate file's figures, the scorer's, the counts and the machine.
+METRICS = ("servable", "max_length", *(f"served.{name}" for name in ("file", "ms_per_hit", "cpu_ms_per_query", "ndcg@10", "roc_auc")))
 RANKING_CHECKS = ("ndcg@10", "roc_auc")  # a candidate ranks as model.onnx does when neither drops more than allowed
 # Vespa's tokenInputIds hard-codes these: [CLS] and [SEP] of the bert-base-uncased vocabulary.
 VESPA_CLS, VESPA_SEP = 101, 102
@@ -181,7 +186,8 @@ def main():
     parser.add_argument("models_dir", type=Path, help="both ONNX files, tokenizer.json, metadata.json (models)")
     parser.add_argument("split_dir", type=Path, help="train.csv and val.csv: L from their lengths; val.csv ranked (data/split)")
     parser.add_argument("package_dir", type=Path, help="output: the application package (models/vespa)")
-    parser.add_argument("metrics_path", type=Path, help="output: cost per hit and ranking (results/vespa/metrics.json)")
+    parser.add_argument("metrics_path", type=Path, help="output: the served file's cost per hit and ranking "
+                        "(results/vespa/metrics.json); report.json beside it holds every candidate's figures")
     args = parser.parse_args()
     params, max_length = load_params("vespa"), load_params("encode")["max_length"]
     check_params(params, max_length)
@@ -194,11 +200,13 @@ def main():
     metadata = json.loads((models_dir / "metadata.json").read_text(encoding="utf-8"))
     tokenizer = vespa_tokenizer(models_dir / "tokenizer.json")
     cls_sep, reason = separators(tokenizer, metadata["inputs"])
-    with atomic_paths(args.package_dir, args.metrics_path) as (package_dir, metrics_path):
+    with atomic_paths(args.package_dir, args.metrics_path, report_path(args.metrics_path)) as (
+            package_dir, metrics_path, report_file):
         if reason:
             package_dir.mkdir()
             (package_dir / "NOT_SERVABLE.txt").write_text(f"Not servable in Vespa: {reason}.\n", encoding="utf-8")
             write_json(metrics_path, {"servable": False, "reason": reason})
+            write_json(report_file, {"servable": False, "reason": reason})
             print(f"vespa: warning: no package for this model: {reason}")
             return
         counts = {split: length_counts(tokenizer, args.split_dir / f"{split}.csv", max_length) for split in ("train", "val")}
@@ -216,11 +224,13 @@ def main():
         for name in reasons:
             files[name]["passes_checks"] = not reasons[name]
         machine = cpu_description()
-        write_json(metrics_path, {
+        report = {
             "servable": True, "max_length": length, "pairs_within_max_length": float(held), "val_pairs_cut": val_cut,
             **files, "served": files[served], "fused_ops": fused_ops or None, "rerank_count": params["rerank_count"],
             "pairs": len(val_pairs), "queries": int(val_pairs["query"].nunique()),
-            "machine": {**machine, "intraop_threads": threads, "onnxruntime": onnxruntime.__version__}})
+            "machine": {**machine, "intraop_threads": threads, "onnxruntime": onnxruntime.__version__}}
+        write_json(report_file, report)
+        write_json(metrics_path, headline(report, METRICS))
 
     features = "tokenInputIds" if cls_sep == (VESPA_CLS, VESPA_SEP) else "customTokenInputIds"
     rule = (f"the shortest multiple of 8 holding vespa.length_coverage={params['length_coverage']}"
@@ -254,6 +264,8 @@ def main():
     print(f"vespa: {'an unknown count of' if gflop is None else f'{gflop:.3g}'} GFLOP per hit; the scorer's float32 nDCG@10 on the same "
           f"{len(val_pairs)} pairs: {_text(files['evaluate_fp32']['ndcg@10'])}; timed at batch 1, {threads} intra-op "
           f"thread(s), on {machine['cpu']} ({machine['isa']})")
+    print(f"vespa: L and the served file's cost and ranking in {args.metrics_path}; every file's figures, the counts and "
+          f"the machine in {report_path(args.metrics_path)}")
 
 
 def _text(value):

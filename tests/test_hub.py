@@ -99,7 +99,7 @@ def test_dvc_repro_with_the_shipped_params_fetches_the_pinned_hub_model(tmp_path
     # split.conflicting_labels (the CSV has no other repeated pair).
     assert params["split"]["conflicting_labels"] == "relevant"
     served = list(csv.reader(io.StringIO(csv_with_conflicting_labels(pairs_csv).decode())))[1:]
-    report = json.loads((project / "results/split/metrics.json").read_text())
+    report = json.loads((project / "results/split/report.json").read_text())
     assert {key: report[key] for key in ("rows", "repeated_rows", "conflicting_pairs", "conflicting_labels", "pairs")} == {
         "rows": len(served), "repeated_rows": 1, "conflicting_pairs": 1, "conflicting_labels": "relevant",
         "pairs": len(served) - 1}

@@ -102,20 +102,42 @@ def test_params_diff_shows_the_changed_value(project):
     assert (change["train.learning_rate"]["old"], change["train.learning_rate"]["new"]) == (0.001, 0.0005)
 
 
-def test_metrics_show_reports_the_shipped_models_baseline_and_checks(project):
+def flat(data, prefix=""):
+    """{dotted key: value} of a metrics file's nested content."""
+    if not isinstance(data, dict):
+        return {prefix.rstrip("."): data}
+    return {key: value for name, child in data.items() for key, value in flat(child, f"{prefix}{name}.").items()}
+
+
+def test_metrics_show_reports_the_headline_numbers_and_each_report_the_rest(project):
+    """At most 40 values in `dvc metrics show` (issue 39): each stage's headline numbers, picked from
+    its report.json beside the metrics file, which holds every figure."""
+    from stages.common import headline
+
     metrics = json.loads(dvc("metrics", "show", "--json", cwd=project).stdout)
-    files = next(iter(metrics.values()))["data"]
-    evaluation = files["results/eval/metrics.json"]["data"]
+    files = {path: flat(content["data"]) for path, content in next(iter(metrics.values()))["data"].items()}
+    assert sum(len(values) for values in files.values()) <= 40, {path: len(values) for path, values in files.items()}
+    required = {"results/train/metrics.json": ["eval.ndcg@10"],
+                "results/eval/metrics.json": ["fp32.ndcg@10", "int8.ndcg@10", "tfidf.ndcg@10"],
+                "results/vespa/metrics.json": ["served.ndcg@10", "served.ms_per_hit"]}
+    for path, keys in required.items():
+        assert set(keys) <= set(files[path]), path
+    for path in files:
+        report = json.loads((project / path).with_name("report.json").read_text())
+        headline_keys = [key for key in files[path] if key != "step"]  # dvclive's step: the last epoch
+        assert flat(headline(report, headline_keys)) == {key: files[path][key] for key in headline_keys}, path
+    evaluation = json.loads((project / "results/eval/report.json").read_text())
     for scorer in ("fp32", "int8", "tfidf"):
         for name in ("roc_auc", "average_precision", "ndcg@10", "mrr@10", "map", "precision@5"):
             assert 0 <= evaluation[scorer][name] <= 1, (scorer, name)
     for model in ("fp32", "int8"):
         assert evaluation[model]["threshold"] == 0.5 and 0 <= evaluation[model]["f1"] <= 1
-    assert evaluation["fp32"]["roc_auc"] > 0.6, "the fixture's relevance signal should be learned"
-    assert files["results/export/metrics.json"]["data"]["max_abs_logit_diff"] <= 1e-4
-    assert files["results/quantize/metrics.json"]["data"]["spearman"] >= 0.9
-    assert files["results/split/metrics.json"]["data"]["pairs"] == evaluation["pairs"] + files[
-        "results/split/metrics.json"]["data"]["train_pairs"]
+    assert files["results/eval/metrics.json"]["fp32.roc_auc"] > 0.6, "the fixture's relevance signal should be learned"
+    assert files["results/export/metrics.json"]["max_abs_logit_diff"] <= 1e-4
+    assert files["results/quantize/metrics.json"]["spearman"] >= 0.9
+    split = json.loads((project / "results/split/report.json").read_text())
+    assert split["pairs"] == evaluation["pairs"] + split["train_pairs"]
+    assert files["results/train/metrics.json"]["step"] == json.loads((project / "results/train/report.json").read_text())["epoch"]
 
 
 def test_declared_metrics_are_the_onnx_files_scores_of_the_validation_csv(reproduced_project):
@@ -125,7 +147,7 @@ def test_declared_metrics_are_the_onnx_files_scores_of_the_validation_csv(reprod
     from scorer import RelevanceScorer
     from stages.metrics import relevance_metrics
 
-    evaluation = json.loads((reproduced_project / "results/eval/metrics.json").read_text())
+    evaluation = json.loads((reproduced_project / "results/eval/report.json").read_text())
     val = pd.read_csv(reproduced_project / "data/split/val.csv")
     for name, path in (("fp32", "models/model.onnx"), ("int8", "models/model.int8.onnx")):
         scores = RelevanceScorer(reproduced_project / path).scores(val["query"].tolist(), val["title"].tolist())

@@ -182,7 +182,7 @@ def test_split_stage_counts_repeated_and_conflicting_pairs_into_its_report(fresh
     assert result.returncode == 0, result.stderr
     assert ("split: data/raw/pairs.csv: 3 row(s) repeating a pair merged; 1 pair(s) labelled both 0 and 1 kept as "
             "relevant (split.conflicting_labels=relevant)") in result.stdout
-    report = json.loads((fresh_project / "results/split/metrics.json").read_text())
+    report = json.loads((fresh_project / "results/split/report.json").read_text())
     assert (report["rows"], report["pairs"], report["conflicting_pairs"]) == (len(rows) + 2, len(rows) - 1, 1)
     assert report["train_pairs"] + report["val_pairs"] == len(rows) - 1
 

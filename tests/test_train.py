@@ -108,13 +108,60 @@ def test_train_ranks_the_validation_pairs_per_epoch_as_evaluate_ranks_the_export
     import json
 
     project = reproduced_project
-    train = json.loads((project / "results/train/metrics.json").read_text())["eval"]
-    fp32 = json.loads((project / "results/eval/metrics.json").read_text())["fp32"]
+    train = json.loads((project / "results/train/report.json").read_text())["eval"]
+    fp32 = json.loads((project / "results/eval/report.json").read_text())["fp32"]
     assert train["queries_ranked"] == fp32["queries_ranked"] and train["queries_ranked"] > 1
     assert abs(train["ndcg@10"] - fp32["ndcg@10"]) <= 1e-3, (train, fp32)
     assert abs(train["mrr@10"] - fp32["mrr@10"]) <= 1e-3
     with open(project / "results/train/plots/metrics/eval/ndcg@10.tsv", newline="") as f:
-        curve = [float(row["ndcg@10"]) for row in csv.DictReader(f, delimiter="\t")]
-    epochs = json.loads((project / "results/train/metrics.json").read_text())["epoch"]
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    curve = [float(row["ndcg@10"]) for row in rows]
+    epochs = json.loads((project / "results/train/report.json").read_text())["epoch"]
     assert len(curve) == epochs, "one value per epoch"
+    training_steps = [line.split("\t")[0] for line in (project / "results/train/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
+    assert [row["step"] for row in rows] == training_steps == [str(epoch) for epoch in range(1, epochs + 1)], "step: the epoch"
     assert curve[-1] == train["ndcg@10"] and len(set(curve)) > 1
+
+
+def test_the_training_log_steps_by_epoch_and_keeps_the_run_figures_out_of_the_metrics(tmp_path):
+    """stages.epoch_log.EpochLog fed the Trainer's logs as transformers 5.24 gives them with logging and
+    evaluation once an epoch (training, then validation, at state.epoch E; the run's figures at the
+    end): both of an epoch's logs on step E, the headline metrics in metrics.json, the rest in report.json."""
+    import csv
+    import json
+
+    from dvclive import Live
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from stages.epoch_log import EpochLog
+
+    live = Live(str(tmp_path / "train"), dvcyaml=False, save_dvc_exp=False, report=None)
+    log = EpochLog(live, tmp_path / "train/report.json", effective_batch_size=16)
+    args, state, control = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none"), TrainerState(), TrainerControl()
+    log.on_train_begin(args, state, control)
+    for epoch in (1, 2):
+        state.epoch, state.global_step = float(epoch), 5 * epoch
+        log.on_log(args, state, control, logs={"loss": 0.7 - epoch / 10, "grad_norm": 1.5, "learning_rate": 1e-3, "epoch": float(epoch)})
+        log.on_log(args, state, control, logs={"eval_loss": 0.8 - epoch / 10, "eval_ndcg@10": 0.5 + epoch / 10,
+                                               "eval_mrr@10": 0.4, "eval_runtime": 0.1, "eval_samples_per_second": 600.0,
+                                               "epoch": float(epoch)})
+    log.on_log(args, state, control, logs={"train_runtime": 2.0, "train_samples_per_second": 90.0, "train_steps_per_second": 5.0,
+                                           "total_flos": 1e9, "train_loss": 0.65, "epoch": 2.0})
+    log.on_train_end(args, state, control)
+
+    def curve(name):
+        with open(tmp_path / "train/plots/metrics" / f"{name}.tsv", newline="") as f:
+            return [(int(row["step"]), float(row[name.rsplit("/", 1)[-1]])) for row in csv.DictReader(f, delimiter="\t")]
+
+    assert curve("loss") == [(1, pytest.approx(0.6)), (2, pytest.approx(0.5))]
+    assert curve("eval/loss") == [(1, pytest.approx(0.7)), (2, pytest.approx(0.6))], "validation on the training's steps"
+    assert [step for step, _ in curve("eval/ndcg@10")] == [1, 2]
+    assert not (tmp_path / "train/plots/metrics/epoch.tsv").exists() and not (tmp_path / "train/plots/metrics/train").exists()
+    metrics = json.loads((tmp_path / "train/metrics.json").read_text())
+    assert metrics == {"eval": {"ndcg@10": pytest.approx(0.7), "mrr@10": 0.4, "loss": pytest.approx(0.6)},
+                       "loss": pytest.approx(0.5), "step": 2}
+    report = json.loads((tmp_path / "train/report.json").read_text())
+    assert report["train"] == {"runtime": 2.0, "samples_per_second": 90.0, "steps_per_second": 5.0, "loss": 0.65}
+    assert (report["total_flos"], report["epoch"], report["optimizer_steps"], report["effective_batch_size"]) == (1e9, 2, 10, 16)
+    assert report["eval"]["samples_per_second"] == 600.0 and report["eval"]["ndcg@10"] == metrics["eval"]["ndcg@10"]
+    assert "output_dir" in (tmp_path / "train/params.yaml").read_text(), "the Trainer's arguments, as DVCLiveCallback logs them"

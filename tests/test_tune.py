@@ -100,6 +100,7 @@ def test_bad_input_stops_with_one_line_naming_it(tmp_path, csv_path, tiny_bert):
     # A previous run's split metrics in the workspace: --metric is checked against them before anything runs.
     (project / "results/split").mkdir(parents=True)
     (project / "results/split/metrics.json").write_text(json.dumps({"val_pairs": 10, "train_pairs": 30}))
+    (project / "results/split/report.json").write_text(json.dumps({"val_pairs": 10, "train_pairs": 30, "rows": 42}))
     (project / "results/train").mkdir(parents=True)
     (project / "results/train/metrics.json").write_text(json.dumps({"eval": {"ndcg@10": 0.5}}))
     cases = [("search_space.yaml", "train.learning_rte: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n", [],
@@ -110,7 +111,11 @@ def test_bad_input_stops_with_one_line_naming_it(tmp_path, csv_path, tiny_bert):
               "error: --metric eval.ndgc@10: eval.ndgc@10 is not in results/train/metrics.json (its keys: eval.ndcg@10); "
               "a bare KEY is looked up in results/train/metrics.json: give another file's as FILE:KEY"),
              ("space.yaml", None, ["--metric", "results/split/metrics.json:val_pears"],
-              "error: --metric results/split/metrics.json:val_pears: val_pears is not in results/split/metrics.json")]
+              "error: --metric results/split/metrics.json:val_pears: val_pears is not in results/split/metrics.json"),
+             ("space.yaml", None, ["--metric", "results/split/metrics.json:rows"],
+              "error: --metric results/split/metrics.json:rows: rows is no longer in results/split/metrics.json: it moved to "
+              "results/split/report.json, the report beside it (every figure the stage measured; docs/metrics.md); "
+              "use --metric results/split/report.json:rows")]
     printed = []
     for name, text, extra, expected in cases:
         if text is not None:
@@ -414,6 +419,35 @@ def test_two_metrics_make_a_pareto_front_that_resumes_and_refuses_other_metrics(
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert refused.stderr.startswith("error: --metric: study 'front' was run with --metric results/split/metrics.json:"
                                      "val_pairs:maximize --metric results/split/metrics.json:val_queries:minimize")
+
+
+def test_a_trial_whose_metric_moved_to_the_stage_report_is_told_where(tmp_path):
+    """An experiment's metrics file without the key, its report.json with it (a figure that is no
+    longer a headline metric): the trial's failure says where the key is and the --metric to give."""
+    from types import SimpleNamespace
+
+    from tune.experiments import read_metric
+
+    committed = {"results/train/metrics.json": '{"eval": {"ndcg@10": 0.8}, "step": 3}',
+                 "results/train/report.json": '{"eval": {"ndcg@10": 0.8, "map": 0.7}, "train": {"runtime": 2.5}}'}
+
+    def read_file(rev, path):
+        if path not in committed:
+            raise FileNotFoundError(f"{path}: not in experiment commit {rev}")
+        return committed[path]
+
+    project = SimpleNamespace(read_file=read_file)
+    assert read_metric(project, "abc", "results/train/metrics.json", "eval.ndcg@10") == (0.8, None, False)
+    value, why, missing = read_metric(project, "abc", "results/train/metrics.json", "train.runtime")
+    assert (value, missing) == (None, True) and why == (
+        "train.runtime is no longer in results/train/metrics.json: it moved to results/train/report.json, the report beside "
+        "it (every figure the stage measured; docs/metrics.md); use --metric results/train/report.json:train.runtime")
+    assert read_metric(project, "abc", "results/train/report.json", "train.runtime") == (2.5, None, False)
+    value, why, missing = read_metric(project, "abc", "results/train/metrics.json", "eval.mpa")
+    assert missing and why == "eval.mpa is not in results/train/metrics.json (its keys: eval.ndcg@10, step)"
+    del committed["results/train/report.json"]
+    assert read_metric(project, "abc", "results/train/metrics.json", "train.runtime")[1].startswith(
+        "train.runtime is not in results/train/metrics.json (its keys:")
 
 
 def test_a_time_measured_on_different_cpus_is_warned_about(tmp_path):

@@ -167,7 +167,8 @@ def test_a_model_vespa_cannot_feed_gets_one_line_instead_of_a_package(tiny_model
     assert line.startswith("vespa: warning: no package for this model: the tokenizer joins a pair as '<s> ")
     assert "</s> </s>" in line and line.endswith("(CLS query SEP title SEP)")
     assert [p.name for p in (tmp_path / "vespa").iterdir()] == ["NOT_SERVABLE.txt"]
-    assert json.loads((tmp_path / "metrics.json").read_text()) == {"servable": False, "reason": line.split("model: ", 1)[1]}
+    for written in ("metrics.json", "report.json"):
+        assert json.loads((tmp_path / written).read_text()) == {"servable": False, "reason": line.split("model: ", 1)[1]}
 
 
 def test_the_package_length_is_the_shortest_multiple_of_8_holding_the_coverage(reproduced_project):
@@ -176,7 +177,7 @@ def test_the_package_length_is_the_shortest_multiple_of_8_holding_the_coverage(r
     import yaml
 
     params = yaml.safe_load((reproduced_project / "params.yaml").read_text())
-    metrics = json.loads((reproduced_project / "results/vespa/metrics.json").read_text())
+    metrics = json.loads((reproduced_project / "results/vespa/report.json").read_text())
     tokenizer = vespa_tokenizer(reproduced_project / "models/tokenizer.json")
     pairs = pd.concat([read_all_pairs(reproduced_project / f"data/split/{split}.csv") for split in ("train", "val")])
     lengths = np.array([3 + len(tokenizer.encode(query, add_special_tokens=False).ids)
@@ -222,7 +223,7 @@ def reference_token_transformer(query_ids, title_ids, length, cls, sep):
 
 
 def test_vespa_side_metrics_agree_with_an_independent_token_transformer(reproduced_project, tmp_path):
-    """results/vespa/metrics.json, with L short enough that Vespa cuts about half the pairs and a
+    """results/vespa/report.json, with L short enough that Vespa cuts about half the pairs and a
     file built here named by vespa.model: the int8 file's and the package's own file's nDCG@10 and
     ROC-AUC from the inputs written again above, one hit at a time, and the scorer's float32
     metrics equal to evaluate's on the same (all) validation pairs."""
@@ -241,7 +242,7 @@ def test_vespa_side_metrics_agree_with_an_independent_token_transformer(reproduc
     length = int(np.median(lengths))
     set_params(scratch, {"vespa": {"max_length": length, "model": "model.int8.per_tensor.fused.onnx"}})
     printed = run_stages_in_process(scratch, ["vespa"])["vespa"]
-    metrics = json.loads((scratch / "results/vespa/metrics.json").read_text())
+    metrics = json.loads((scratch / "results/vespa/report.json").read_text())
     assert metrics["max_length"] == length and metrics["pairs"] == len(val)
     assert metrics["served"] == metrics["int8_per_tensor_fused"] and metrics["served"]["file"] == "model.int8.per_tensor.fused.onnx"
     assert metrics["val_pairs_cut"] == (lengths > length).sum() > 0 and f"Vespa cuts {metrics['val_pairs_cut']} of" in printed
@@ -258,7 +259,7 @@ def test_vespa_side_metrics_agree_with_an_independent_token_transformer(reproduc
         expected = relevance_metrics(queries, val["label"].to_numpy(), np.array(scores))
         assert abs(metrics[key]["ndcg@10"] - expected["ndcg@10"]) <= 1e-3, key
         assert abs(metrics[key]["roc_auc"] - expected["roc_auc"]) <= 1e-3, key
-    evaluated = json.loads((reproduced_project / "results/eval/metrics.json").read_text())["fp32"]
+    evaluated = json.loads((reproduced_project / "results/eval/report.json").read_text())["fp32"]
     assert metrics["evaluate_fp32"] == pytest.approx(evaluated, abs=1e-12)
     assert metrics["fp32"]["ms_per_hit"] > 0 and metrics["int8"]["ms_per_hit_p99"] >= metrics["int8"]["ms_per_hit"]
     assert metrics["int8"]["cpu_ms_per_query"] == pytest.approx(metrics["int8"]["ms_per_hit"] * metrics["rerank_count"])
@@ -272,7 +273,7 @@ def test_the_package_ships_the_cheapest_file_that_ranks_as_model_onnx_and_scores
     import yaml
 
     params = yaml.safe_load((reproduced_project / "params.yaml").read_text())
-    metrics = json.loads((reproduced_project / "results/vespa/metrics.json").read_text())
+    metrics = json.loads((reproduced_project / "results/vespa/report.json").read_text())
     assert params["vespa"]["model"] == "auto" and [metrics[key]["file"] for key in FILES] == list(FILES.values())
     assert metrics["fused_ops"] == {"BiasGelu": 2, "MultiHeadAttention": 2, "SkipLayerNormalization": 4}
     drop, fp32 = params["vespa"]["max_ranking_drop"], metrics["fp32"]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import ParamsLoader  # params.yaml as DVC writes it (5e-05 is a float)
+from stages.common import REPORT_FILE, ParamsLoader  # params.yaml as DVC writes it (5e-05 is a float)
 from tune.errors import TuneError
 
 RUNNERS = ".dvc/tmp/tune/runners"  # git ignores .dvc/tmp; one folder per running job slot
@@ -288,7 +288,7 @@ def read_metric(project, rev, path, key):
     value = data
     for part in key.split("."):
         if not isinstance(value, dict) or part not in value:
-            return None, missing_key(key, path, data), True
+            return None, missing_key(key, path, data, committed_report(project, rev, path)), True
         value = value[part]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, f"{key} is {json.dumps(value)} in {path}, not a number", False
@@ -300,8 +300,38 @@ def parse_metrics(text, path):
     return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
 
 
-def missing_key(key, path, data):
+def missing_key(key, path, data, report=None):
+    """Why `key` is not in the metrics file `path`; given the content of the report beside it (report_beside),
+    where the key moved when the report has it: a stage's metrics are its headline numbers, its report
+    holds every figure (docs/metrics.md)."""
+    moved = report_beside(path)
+    if isinstance(report, dict) and key in flat_keys(report):
+        return (f"{key} is no longer in {path}: it moved to {moved}, the report beside it (every figure the stage "
+                f"measured; docs/metrics.md); use --metric {moved}:{key}")
     return f"{key} is not in {path} (its keys: {', '.join(sorted(flat_keys(data)))})"
+
+
+def report_beside(path):
+    """The stage report beside the metrics file `path` (stages.common.report_path), or None for a report itself."""
+    name = path.rsplit("/", 1)[-1]
+    return None if name == REPORT_FILE else path[:len(path) - len(name)] + REPORT_FILE
+
+
+def read_report(read, path):
+    """The parsed report beside `path`, `read(report path)` giving its text; None when there is none."""
+    moved = report_beside(path)
+    try:
+        return json.loads(read(moved)) if moved else None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def committed_report(project, rev, path):
+    return read_report(lambda report: project.read_file(rev, report), path)
+
+
+def workspace_report(root, path):
+    return read_report(lambda report: (Path(root) / report).read_text(encoding="utf-8"), path)
 
 
 def flat_keys(data, prefix=""):

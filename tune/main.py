@@ -129,7 +129,7 @@ def parse_metric(text, project, direction="maximize"):
         if isinstance(data, dict) and key not in experiments.flat_keys(data):
             bare = "" if sep_file else (f"; a bare KEY is looked up in {DEFAULT_METRICS_FILE}: give another file's "
                                         f"as FILE:KEY, such as results/eval/metrics.json:fp32.ndcg@10")
-            raise TuneError(f"--metric {text}: {experiments.missing_key(key, file, data)}{bare}")
+            raise TuneError(f"--metric {text}: {experiments.missing_key(key, file, data, experiments.workspace_report(project.root, file))}{bare}")
     return Metric(file, key, stage, pruning.curve_path(file, key), direction)
 
 
