@@ -204,3 +204,119 @@ def pack_steps(groups, queries, batch_size, seed, epoch=0, lengths=None, window=
                 by_room[room - need].append(step)
         steps.extend(step[0] for room in range(1, batch_size) for step in by_room[room])
     return [steps[i] for i in rng.permutation(len(steps))]
+
+
+def contributing(queries, labels):
+    """Which rows belong to a query that a ranking loss can learn from (two titles or more, both
+    labels), and how many queries cannot."""
+    queries, labels = np.asarray(queries), np.asarray(labels)
+    _, query_index = np.unique(queries, return_inverse=True)
+    low = np.full(query_index.max() + 1 if len(queries) else 0, np.inf)
+    high = np.full_like(low, -np.inf)
+    np.minimum.at(low, query_index, labels)
+    np.maximum.at(high, query_index, labels)
+    mixed = low < high  # two labels imply two titles
+    return mixed[query_index], int((~mixed).sum())
+
+
+def steps_of_epoch(queries, labels, batch_size, list_size, seed, epoch, lengths=None):
+    """One epoch's steps, row numbers of whole query groups (query_groups, then pack_steps)."""
+    groups = query_groups(queries, labels, min(list_size, batch_size), seed, epoch, lengths)
+    return pack_steps(groups, queries, batch_size, seed, epoch, lengths)
+
+
+def query_group_sampler(queries, labels, batch_size, list_size, seed, epochs, lengths=None, world_size=1, rank=0):
+    """The Trainer's batch sampler for a ranking loss: each epoch's steps (steps_of_epoch, by seed
+    and epoch, so a resumed run sees the same ones), every process's share of whole steps.
+
+    A subclass of transformers' BatchRebalanceSampler, the Trainer's rank-aware batch sampler: the
+    Trainer hands it to the DataLoader as its batch_sampler and leaves its sharding to it (accelerate
+    would otherwise deal the steps out again). The Trainer counts an epoch's steps once, so every
+    epoch yields as many per process: the most any of the `epochs` epochs packs, rounded up to a
+    multiple of the processes, an epoch with fewer repeating its first steps (as torch's
+    DistributedSampler pads), one or two in practice."""
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    class QueryGroupSampler(BatchRebalanceSampler):
+        def __init__(self):  # BatchRebalanceSampler's arguments describe its own packing, not this one
+            self.epoch = 0
+            self.drop_last = False
+            self.per_process = max(-(-len(self.steps(epoch)) // world_size) for epoch in range(max(1, math.ceil(epochs))))
+
+        def steps(self, epoch):
+            return steps_of_epoch(queries, labels, batch_size, list_size, seed, epoch, lengths)
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __len__(self):
+            return self.per_process
+
+        def __iter__(self):
+            steps = self.steps(self.epoch)
+            steps = (steps * -(-self.per_process * world_size // len(steps)))[:self.per_process * world_size]
+            yield from steps[rank::world_size]
+
+    return QueryGroupSampler()
+
+
+QUERY_GROUP = "query_group"  # the column (and batch key) of each pair's query, a dense number
+
+
+def ranking_trainer(loss, queries, labels, list_size, lengths=None, **trainer_kwargs):
+    """A transformers Trainer that trains on a ranking loss (`loss`, a key of LOSS_FUNCTIONS) over
+    steps of whole query groups (query_group_sampler over the training rows' `queries` and `labels`).
+    Its datasets carry each pair's query as a QUERY_GROUP number, which it keeps from the model: the
+    loss groups a step's scores by it (a step never holds two groups of one query). The validation
+    loss is the same loss over each validation batch's pairs, grouped by query as they come."""
+    from transformers import Trainer
+
+    loss_function = LOSS_FUNCTIONS[loss]
+
+    class QueryGroupTrainer(Trainer):
+        loss_is_scaled_for_ga = False  # a mean over the step: the Trainer divides by the accumulation steps
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if QUERY_GROUP not in self._signature_columns:  # kept in the batches, for compute_loss
+                self._signature_columns.append(QUERY_GROUP)
+
+        def _get_train_sampler(self, train_dataset=None):
+            args = self.args
+            return query_group_sampler(queries, labels, args.train_batch_size, list_size, args.seed,
+                                       args.num_train_epochs, lengths, args.world_size, args.process_index)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels, groups = inputs.pop("labels"), inputs.pop(QUERY_GROUP)
+            outputs = model(**inputs)
+            loss = loss_function(relevance_scores(outputs.logits), labels, groups)
+            return (loss, outputs) if return_outputs else loss
+
+    return QueryGroupTrainer(**trainer_kwargs)
+
+
+def with_query_groups(dataset, groups):
+    """`dataset` (a datasets.Dataset of tokenized pairs, or a torch Dataset of dicts: cached features)
+    with each row's query group number under QUERY_GROUP."""
+    import torch
+
+    if hasattr(dataset, "add_column"):
+        return dataset.add_column(QUERY_GROUP, np.asarray(groups, dtype=np.int64))
+
+    class WithQueryGroups(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(dataset)
+
+        def __getitem__(self, index):
+            return {**dataset[index], QUERY_GROUP: int(groups[index])}
+
+    return WithQueryGroups()
+
+
+def pair_lengths(dataset, column="input_ids", batch_size=10_000):
+    """Tokens of each pair of a tokenized datasets.Dataset, read a batch at a time from Arrow."""
+    import pyarrow.compute as pc
+
+    lengths = [pc.list_value_length(batch[column]).to_numpy()
+               for batch in dataset.select_columns([column]).with_format("arrow").iter(batch_size=batch_size)]
+    return np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from stages.common import StageError, atomic_path, load_params, run
+from stages.ranking import check_loss_params
 from stages.training import (checkpoint_to_resume, device_flags, empty_checkpoints, layer_overrides, make_trainer,
                              pretrained_classifier, run_fingerprint, training_arguments)
 
@@ -43,6 +44,7 @@ def main():
     params = load_params("train")
     num_layers = load_params("model").get("num_layers")
     device_flags(params["precision"])  # refuse a bad train.precision before launching anything
+    check_loss_params(params)  # and a train.loss or train.list_size it cannot train with
     layer_overrides(args.pretrained_dir, num_layers)  # and a model.num_layers the model does not have
     if params["gpus"] > 1 and "LOCAL_RANK" not in os.environ:
         return launch_distributed(params["gpus"])

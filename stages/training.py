@@ -218,7 +218,15 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, fe
     from transformers import DataCollatorWithPadding, Trainer, default_data_collator
 
     from stages.frozen import cacheable, classification_head, feature_dataset, head_inputs, labels_of
+    from stages.ranking import RANKING_LOSSES, check_loss_params, contributing
 
+    loss = check_loss_params(params)
+    if loss in RANKING_LOSSES:  # refused before the frozen encoder's pass when no query can contribute
+        train_queries, train_labels = query_hashes(train_set), labels_of(train_set)
+        usable, useless = contributing(train_queries, train_labels)
+        if not usable.any():
+            raise StageError(f"train.loss={loss}: none of the {useless} training queries has both relevant and "
+                             f"non-relevant titles, so a ranking loss has nothing to learn; use train.loss: pointwise")
     cached = params["freeze_base"] and params["cache_features"]
     if cached and not cacheable(model):
         cached = False
@@ -244,10 +252,15 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, fe
         val_inputs = feature_dataset(val_features, labels_of(val_set))
     else:
         trained, collator, train_inputs, val_inputs = model, DataCollatorWithPadding(tokenizer), train_set, val_set
-    trainer = Trainer(model=trained, args=training_args, train_dataset=train_inputs, eval_dataset=val_inputs,
-                      processing_class=tokenizer, data_collator=collator,
-                      compute_loss_func=one_logit_loss if model.config.num_labels == 1 else None,
-                      callbacks=list(callbacks))
+    if loss in RANKING_LOSSES:
+        trainer, val_inputs = ranking_trainer(params, loss, training_args, trained, tokenizer, collator, train_set,
+                                              train_inputs, val_set, val_inputs, train_queries, train_labels,
+                                              useless, callbacks)
+    else:
+        trainer = Trainer(model=trained, args=training_args, train_dataset=train_inputs, eval_dataset=val_inputs,
+                          processing_class=tokenizer, data_collator=collator,
+                          compute_loss_func=one_logit_loss if model.config.num_labels == 1 else None,
+                          callbacks=list(callbacks))
     # The predictions come in the eval sampler's order: with train_sampling_strategy group_by_length,
     # transformers 5.24 groups the validation pairs by length too (a seeded, so fixed, permutation).
     queries = query_hashes(val_set)
@@ -255,6 +268,32 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, fe
     if order is not None:
         queries = queries[np.fromiter(iter(order), dtype=np.int64)]
     trainer.compute_metrics = functools.partial(compute_metrics, queries=queries)
+    return trainer, val_inputs
+
+
+def ranking_trainer(params, loss, training_args, trained, tokenizer, collator, train_set, train_inputs, val_set,
+                    val_inputs, train_queries, train_labels, useless, callbacks):
+    """make_trainer's Trainer for a ranking loss (stages/ranking.py), on steps of whole query groups
+    (by length within a query with group_by_length, for token inputs), and its validation inputs,
+    both carrying each pair's query group."""
+    import numpy as np
+
+    from stages.ranking import pair_lengths, ranking_trainer as query_group_trainer, with_query_groups
+
+    list_size, batch_size = params.get("list_size", 16), training_args.train_batch_size
+    lengths = pair_lengths(train_set) if training_args.train_sampling_strategy == "group_by_length" else None
+    train_inputs = with_query_groups(train_inputs, np.unique(train_queries, return_inverse=True)[1])
+    val_inputs = with_query_groups(val_inputs, np.unique(query_hashes(val_set), return_inverse=True)[1])
+    if training_args.process_index == 0:
+        left_out = (f"; {useless} quer{'y' if useless == 1 else 'ies'} with one title or one label only "
+                    f"give{'s' if useless == 1 else ''} it nothing and {'is' if useless == 1 else 'are'} left out"
+                    if useless else "")
+        cut = f" (train.list_size: {list_size}, cut to train.batch_size)" if list_size > batch_size else ""
+        print(f"train: train.loss={loss}: steps of {batch_size} pairs at most, as whole groups of up to "
+              f"{min(list_size, batch_size)} titles of one query{cut}{left_out}")
+    trainer = query_group_trainer(loss, train_queries, train_labels, list_size, lengths, model=trained,
+                                  args=training_args, train_dataset=train_inputs, eval_dataset=val_inputs,
+                                  processing_class=tokenizer, data_collator=collator, callbacks=list(callbacks))
     return trainer, val_inputs
 
 

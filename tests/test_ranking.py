@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from stages.common import StageError
-from stages.ranking import (LOSS_FUNCTIONS, check_loss_params, pack_steps, query_groups, relevance_scores)
+from stages.ranking import (LOSS_FUNCTIONS, check_loss_params, contributing, pack_steps, query_group_sampler, query_groups,
+                            relevance_scores, steps_of_epoch)
 
 # Three queries' lists, as sentence-transformers takes them: (query, [titles]), [labels]. The third
 # has one label only (RankNet and LambdaLoss get no pair from it, ListNet still averages over it).
@@ -138,3 +139,138 @@ def test_bad_loss_params_are_refused_in_one_line(params, message):
 def test_the_default_loss_is_pointwise():
     assert check_loss_params({}) == "pointwise"
     assert check_loss_params({"loss": "lambda_loss", "list_size": 2}) == "lambda_loss"
+
+
+def judged_queries():
+    """Row queries and labels: query 0 with 40 titles (10 relevant), 1 with 5 (1 relevant), 2 with one
+    title, 3 with four titles all irrelevant, 4 with 3 relevant of 20; shuffled rows."""
+    rng = np.random.default_rng(0)
+    counts = {0: (40, 10), 1: (5, 1), 2: (1, 1), 3: (4, 0), 4: (20, 3)}
+    rows = [(query, int(i < relevant)) for query, (titles, relevant) in counts.items() for i in range(titles)]
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    queries, labels = (np.array(column) for column in zip(*rows))
+    return queries * 7919 + 11, labels  # query ids need not be dense
+
+
+def test_queries_with_one_title_or_one_label_are_counted_and_left_out():
+    queries, labels = judged_queries()
+    usable, useless = contributing(queries, labels)
+    assert useless == 2
+    assert set(queries[usable]) == {11, 7919 + 11, 4 * 7919 + 11}
+    grouped = [row for group in query_groups(queries, labels, 16, seed=1) for row in group]
+    assert sorted(grouped) == sorted(np.flatnonzero(usable).tolist()), "every title of the others once"
+
+
+def test_a_group_holds_titles_of_one_query_and_both_labels_wherever_the_query_has_enough():
+    queries, labels = judged_queries()
+    groups = query_groups(queries, labels, 16, seed=1)
+    by_query = {}
+    for group in groups:
+        assert 2 <= len(group) <= 16 and len(set(queries[group])) == 1
+        by_query.setdefault(queries[group[0]], []).append(group)
+    assert sorted(len(g) for g in by_query[11]) == [13, 13, 14]  # 40 titles: 3 groups, 10 relevant split 4/3/3
+    assert all(set(labels[g]) == {0, 1} for g in by_query[11])
+    assert [set(labels[g]) for g in by_query[7919 + 11]] == [{0, 1}]
+    # 20 titles, 2 groups, 3 relevant: both groups hold both labels
+    assert all(set(labels[g]) == {0, 1} for g in by_query[4 * 7919 + 11])
+
+
+def test_steps_hold_whole_groups_of_distinct_queries_and_at_most_batch_size_pairs():
+    queries, labels = judged_queries()
+    groups = query_groups(queries, labels, 6, seed=3)
+    steps = pack_steps(groups, queries, 16, seed=3)
+    assert sorted(row for step in steps for row in step) == sorted(row for group in groups for row in group)
+    where = {row: i for i, step in enumerate(steps) for row in step}
+    for group in groups:
+        assert len({where[row] for row in group}) == 1, "a group is never split"
+    for step in steps:
+        assert len(step) <= 16
+        queries_in_step = [queries[g[0]] for g in groups if g[0] in step]
+        assert len(queries_in_step) == len(set(queries_in_step)), "one group per query per step"
+
+
+def test_the_steps_change_with_the_epoch_and_repeat_for_the_same_seed_and_epoch():
+    queries, labels = judged_queries()
+    first = steps_of_epoch(queries, labels, 16, 8, seed=42, epoch=0)
+    assert steps_of_epoch(queries, labels, 16, 8, seed=42, epoch=0) == first  # a resumed run sees the same
+    assert steps_of_epoch(queries, labels, 16, 8, seed=42, epoch=1) != first
+    assert steps_of_epoch(queries, labels, 16, 8, seed=7, epoch=0) != first
+
+
+def test_with_lengths_a_group_holds_titles_of_similar_length():
+    queries, labels = judged_queries()
+    lengths = np.random.default_rng(5).integers(8, 120, len(queries))
+
+    def spread(groups):
+        return np.mean([np.ptp(lengths[group]) for group in groups])
+
+    by_length = query_groups(queries, labels, 4, seed=1, lengths=lengths)
+    assert spread(by_length) < spread(query_groups(queries, labels, 4, seed=1)) / 2
+    assert all(set(labels[g]) == {0, 1} for g in by_length if queries[g[0]] == 11)
+
+
+def test_each_process_gets_as_many_whole_steps_and_together_every_title():
+    queries, labels = judged_queries()
+    samplers = [query_group_sampler(queries, labels, 16, 8, seed=42, epochs=3, world_size=3, rank=rank)
+                for rank in range(3)]
+    assert len({len(sampler) for sampler in samplers}) == 1
+    for epoch in range(3):
+        steps = steps_of_epoch(queries, labels, 16, 8, seed=42, epoch=epoch)
+        dealt = []
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+            dealt.append(list(sampler))
+            assert len(dealt[-1]) == len(sampler)
+        assert all(step in steps for mine in dealt for step in mine), "whole steps"
+        seen = {row for mine in dealt for step in mine for row in step}
+        assert seen == {row for step in steps for row in step}
+
+
+def test_a_ranking_loss_trains_through_the_train_stage_and_logs_its_ndcg_per_epoch(project):
+    import csv
+    import json
+
+    from tests.conftest import run_stages_in_process
+    from tests.tiny import set_params
+
+    before = (project / "models/finetuned/model.safetensors").read_bytes()
+    set_params(project, {"train": {"loss": "lambda_loss", "list_size": 8, "epochs": 2}})
+    printed = run_stages_in_process(project, ["train"])["train"]
+    assert "train: train.loss=lambda_loss: steps of 16 pairs at most, as whole groups of up to 8 titles of one query" in printed
+    assert (project / "models/finetuned/model.safetensors").read_bytes() != before
+    metrics = json.loads((project / "results/train/metrics.json").read_text())
+    assert 0 < metrics["eval"]["ndcg@10"] <= 1
+    with open(project / "results/train/plots/metrics/eval/ndcg@10.tsv", newline="") as f:
+        assert len(list(csv.DictReader(f, delimiter="\t"))) == 2, "one nDCG@10 per epoch"
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ({"loss": "listwise"}, "error: train.loss=listwise: expected one of pointwise, rank_net, list_net, lambda_loss"),
+    ({"loss": "margin_mse"}, "error: train.loss=margin_mse distils a teacher's scores and needs teacher.name"),
+    ({"loss": "rank_net", "list_size": 1}, "error: train.list_size=1: expected an integer of at least 2"),
+])
+def test_bad_loss_params_stop_the_train_stage_in_one_line_before_it_writes(project, train, message):
+    from tests.conftest import run_stages_in_process
+    from tests.tiny import set_params
+
+    outputs = ["models/finetuned", "models/checkpoints", "results/train"]
+    before = {path: sorted((p.relative_to(project), p.stat().st_mtime_ns) for p in (project / path).rglob("*"))
+              for path in outputs}
+    set_params(project, {"train": train})
+    with pytest.raises(SystemExit) as stopped:
+        run_stages_in_process(project, ["train"])
+    assert str(stopped.value).startswith(message) and "\n" not in str(stopped.value)
+    assert before == {path: sorted((p.relative_to(project), p.stat().st_mtime_ns) for p in (project / path).rglob("*"))
+                      for path in outputs}, "nothing written"
+
+
+def test_a_ranking_loss_without_a_query_that_can_contribute_stops_in_one_line():
+    from datasets import Dataset
+
+    from stages.training import make_trainer
+
+    pairs = Dataset.from_dict({"query": ["a", "a", "b", "c"], "title": ["x", "y", "z", "w"], "label": [1, 1, 0, 0]})
+    with pytest.raises(StageError, match=r"^train.loss=rank_net: none of the 3 training queries has both relevant "
+                                         r"and non-relevant titles"):
+        make_trainer({"loss": "rank_net", "list_size": 16, "freeze_base": False, "cache_features": False},
+                     None, None, None, pairs, None, None)
