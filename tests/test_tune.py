@@ -100,9 +100,10 @@ def test_bad_input_stops_with_one_line_naming_it(tmp_path, csv_path, tiny_bert):
     # A previous run's split metrics in the workspace: --metric is checked against them before anything runs.
     (project / "results/split").mkdir(parents=True)
     (project / "results/split/metrics.json").write_text(json.dumps({"val_pairs": 10, "train_pairs": 30}))
-    (project / "results/split/report.json").write_text(json.dumps({"val_pairs": 10, "train_pairs": 30, "rows": 42}))
     (project / "results/train").mkdir(parents=True)
     (project / "results/train/metrics.json").write_text(json.dumps({"eval": {"ndcg@10": 0.5}}))
+    # ... and train's report: a figure that is no longer a metric is found there.
+    (project / "results/train/report.json").write_text(json.dumps({"eval": {"ndcg@10": 0.5}, "train": {"runtime": 2.5}}))
     cases = [("search_space.yaml", "train.learning_rte: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n", [],
               "error: {space}: train.learning_rte: not a key of params.yaml"),
              ("search_space.yaml", "train.epochs: {type: normal, low: 1, high: 5}\n", [],
@@ -112,10 +113,10 @@ def test_bad_input_stops_with_one_line_naming_it(tmp_path, csv_path, tiny_bert):
               "a bare KEY is looked up in results/train/metrics.json: give another file's as FILE:KEY"),
              ("space.yaml", None, ["--metric", "results/split/metrics.json:val_pears"],
               "error: --metric results/split/metrics.json:val_pears: val_pears is not in results/split/metrics.json"),
-             ("space.yaml", None, ["--metric", "results/split/metrics.json:rows"],
-              "error: --metric results/split/metrics.json:rows: rows is no longer in results/split/metrics.json: it moved to "
-              "results/split/report.json, the report beside it (every figure the stage measured; docs/metrics.md); "
-              "use --metric results/split/report.json:rows")]
+             ("space.yaml", None, ["--metric", "results/train/metrics.json:train.runtime"],
+              "error: --metric results/train/metrics.json:train.runtime: train.runtime is no longer in "
+              "results/train/metrics.json: it moved to results/train/report.json, the report beside it (every figure the "
+              "stage measured; docs/metrics.md); use --metric results/train/report.json:train.runtime")]
     printed = []
     for name, text, extra, expected in cases:
         if text is not None:
@@ -128,6 +129,7 @@ def test_bad_input_stops_with_one_line_naming_it(tmp_path, csv_path, tiny_bert):
     assert not (project / "results/tune/studies.db").exists(), "bad input starts no study"
     assert_documented_errors_are_real("error: .../search_space.yaml", printed)
     assert_documented_errors_are_real("error: --metric eval.", printed)
+    assert_documented_errors_are_real("error: --metric results/train/", printed)
 
 
 def test_a_float_below_1e_4_set_by_dvc_reaches_the_stages_as_a_number(tmp_path, monkeypatch):
