@@ -15,6 +15,16 @@ gradients against sentence-transformers' classes.
 
 A pair's score is what evaluate, the scorer and Vespa rank by: the relevance logit of a 1-logit
 head, or logit[1] - logit[0] of a 2-label head (the log-odds its softmax gives P(relevant) from).
+
+The distillation losses (train.loss: margin_mse, mse) learn a teacher's scores of the same pairs
+(data/teacher, the teach stage's), on the same steps of query groups, with labels unused:
+sentence-transformers' MSELoss (the mean over the step's pairs of (score - teacher score)^2) and
+MarginMSELoss (Hofstatter et al.), which sentence-transformers defines on (query, title one, title
+two) triplets: the mean over the triplets of ((score one - score two) - (teacher one - teacher two))^2.
+margin_mse takes every pair of two titles of one group as such a triplet, each unordered pair once
+(the squared difference is the same either way round): it equals sentence-transformers'
+MarginMSELoss given those triplets with the teacher's margins as labels (tests/test_ranking.py).
+A group with one title gives it no pair.
 """
 import math
 
@@ -24,18 +34,25 @@ from stages.common import StageError
 
 POINTWISE = "pointwise"
 RANKING_LOSSES = ("rank_net", "list_net", "lambda_loss")
-TEACHER_LOSSES = ("margin_mse", "mse")  # distillation: not built yet
-LOSSES = (POINTWISE, *RANKING_LOSSES)
+TEACHER_LOSSES = ("margin_mse", "mse")  # distillation: they learn data/teacher's scores
+GROUPED_LOSSES = (*RANKING_LOSSES, *TEACHER_LOSSES)  # trained on steps of whole query groups
+LOSSES = (POINTWISE, *GROUPED_LOSSES)
+# What a query needs to give a loss anything: the fewest titles, and whether both labels. A ranking
+# loss learns from titles whose labels differ; margin_mse from any two titles' teacher margin; mse
+# from any title's teacher score.
+NEEDS = {**{loss: (2, True) for loss in RANKING_LOSSES}, "margin_mse": (2, False), "mse": (1, False)}
 PADDED_SCORE = -1e16  # sentence-transformers' padding of the score matrix
 
 
-def check_loss_params(params):
+def check_loss_params(params, teacher=False):
     """Refuse, in one line, a train.loss or train.list_size the train stage cannot train with
-    (stages.common.PARAMS checks their types; this says why a teacher loss is refused)."""
+    (stages.common.PARAMS checks their types; this says why a teacher loss is refused): a teacher
+    loss needs the teacher's scores (`teacher`: data/teacher holds them)."""
     loss, list_size = params.get("loss", POINTWISE), params.get("list_size", 16)
-    if loss in TEACHER_LOSSES:
-        raise StageError(f"train.loss={loss} distils a teacher's scores and needs teacher.name, the teacher model, "
-                         f"which this version does not have yet; expected one of {', '.join(LOSSES)}")
+    if loss in TEACHER_LOSSES and not teacher:
+        raise StageError(f"train.loss={loss} distils a teacher's scores and needs teacher.name, the teacher model: "
+                         f"data/teacher holds no scores (teacher.name: null); set teacher.name to a cross-encoder "
+                         f"(docs/models.md), or use one of {', '.join((POINTWISE, *RANKING_LOSSES))}")
     if loss not in LOSSES:
         raise StageError(f"train.loss={loss}: expected one of {', '.join(LOSSES)}")
     if isinstance(list_size, bool) or not isinstance(list_size, int) or list_size < 2:
@@ -128,7 +145,31 @@ def lambda_loss(scores, labels, groups, weighted=True, mu=10.0, eps=1e-10):
 LOSS_FUNCTIONS = {"rank_net": rank_net, "list_net": list_net, "lambda_loss": lambda_loss}
 
 
-def query_groups(queries, labels, list_size, seed, epoch=0, lengths=None):
+def margin_mse(scores, teacher, groups):
+    """Margin-MSE: the mean, over every pair (i, j), i before j, of two titles of one group, of
+    ((score i - score j) - (teacher i - teacher j))^2 (sentence-transformers' MarginMSELoss over those
+    (query, title i, title j) triplets); 0 for a step without such a pair."""
+    import torch
+
+    scores, teacher = scores.float(), teacher.float()
+    pairs = torch.triu(groups[:, None] == groups[None, :], diagonal=1)
+    margins = scores[:, None] - scores[None, :]
+    teacher_margins = teacher[:, None] - teacher[None, :]
+    errors = (margins - teacher_margins)[pairs] ** 2
+    return errors.sum() / max(errors.numel(), 1)
+
+
+def mse(scores, teacher, groups=None):
+    """The mean over the pairs of (score - teacher score)^2 (sentence-transformers' MSELoss)."""
+    import torch
+
+    return torch.nn.functional.mse_loss(scores.float(), teacher.float())
+
+
+TEACHER_LOSS_FUNCTIONS = {"margin_mse": margin_mse, "mse": mse}  # (scores, teacher scores, groups)
+
+
+def query_groups(queries, labels, list_size, seed, epoch=0, lengths=None, needs=(2, True)):
     """One epoch's groups: lists of row numbers, each of up to `list_size` titles of one query.
 
     A query's titles are dealt into ceil(titles / list_size) groups of near-equal size, its relevant
@@ -136,15 +177,17 @@ def query_groups(queries, labels, list_size, seed, epoch=0, lengths=None):
     wherever the query has enough of each (a query with fewer relevant titles than groups leaves some
     groups with one kind). The titles are shuffled by (seed, epoch) first; given `lengths` (tokens of
     each pair), each kind is then ordered by length, so a group holds titles of similar length. Queries
-    with one title or one label only give a ranking loss nothing and are left out. Returns the groups,
-    in the queries' order (shuffle them with pack_steps)."""
+    that give the loss nothing are left out: `needs` (NEEDS[loss]), the fewest titles and whether both
+    labels; for a ranking loss, those with one title or one label only. Returns the groups, in the
+    queries' order (shuffle them with pack_steps)."""
     rng = np.random.default_rng([seed, epoch])
     queries, labels = np.asarray(queries), np.asarray(labels)
+    fewest_titles, both_labels = needs
     order = np.lexsort((labels, queries))  # by query, then label
     groups = []
     starts = np.flatnonzero(np.r_[True, queries[order][1:] != queries[order][:-1]])
     for rows in np.split(order, starts[1:]):
-        if len(rows) < 2 or labels[rows].min() == labels[rows].max():
+        if len(rows) < fewest_titles or (both_labels and labels[rows].min() == labels[rows].max()):
             continue
         count = -(-len(rows) // list_size)
         parts = [[] for _ in range(count)]
@@ -206,26 +249,31 @@ def pack_steps(groups, queries, batch_size, seed, epoch=0, lengths=None, window=
     return [steps[i] for i in rng.permutation(len(steps))]
 
 
-def contributing(queries, labels):
-    """Which rows belong to a query that a ranking loss can learn from (two titles or more, both
-    labels), and how many queries cannot."""
+def contributing(queries, labels, needs=(2, True)):
+    """Which rows belong to a query that a loss can learn from, and how many queries cannot: `needs`
+    (NEEDS[loss]) is the fewest titles and whether both labels; for a ranking loss, two titles or
+    more with both labels."""
     queries, labels = np.asarray(queries), np.asarray(labels)
+    fewest_titles, both_labels = needs
     _, query_index = np.unique(queries, return_inverse=True)
     low = np.full(query_index.max() + 1 if len(queries) else 0, np.inf)
     high = np.full_like(low, -np.inf)
     np.minimum.at(low, query_index, labels)
     np.maximum.at(high, query_index, labels)
-    mixed = low < high  # two labels imply two titles
-    return mixed[query_index], int((~mixed).sum())
+    usable = np.bincount(query_index, minlength=len(low)) >= fewest_titles
+    if both_labels:
+        usable &= low < high
+    return usable[query_index], int((~usable).sum())
 
 
-def steps_of_epoch(queries, labels, batch_size, list_size, seed, epoch, lengths=None):
+def steps_of_epoch(queries, labels, batch_size, list_size, seed, epoch, lengths=None, needs=(2, True)):
     """One epoch's steps, row numbers of whole query groups (query_groups, then pack_steps)."""
-    groups = query_groups(queries, labels, min(list_size, batch_size), seed, epoch, lengths)
+    groups = query_groups(queries, labels, min(list_size, batch_size), seed, epoch, lengths, needs)
     return pack_steps(groups, queries, batch_size, seed, epoch, lengths)
 
 
-def query_group_sampler(queries, labels, batch_size, list_size, seed, epochs, lengths=None, world_size=1, rank=0):
+def query_group_sampler(queries, labels, batch_size, list_size, seed, epochs, lengths=None, world_size=1, rank=0,
+                        needs=(2, True)):
     """The Trainer's batch sampler for a ranking loss: each epoch's steps (steps_of_epoch, by seed
     and epoch, so a resumed run sees the same ones), every process's share of whole steps.
 
@@ -244,7 +292,7 @@ def query_group_sampler(queries, labels, batch_size, list_size, seed, epochs, le
             self.per_process = max(-(-len(self.steps(epoch)) // world_size) for epoch in range(max(1, math.ceil(epochs))))
 
         def steps(self, epoch):
-            return steps_of_epoch(queries, labels, batch_size, list_size, seed, epoch, lengths)
+            return steps_of_epoch(queries, labels, batch_size, list_size, seed, epoch, lengths, needs)
 
         def set_epoch(self, epoch):
             self.epoch = epoch
@@ -261,54 +309,67 @@ def query_group_sampler(queries, labels, batch_size, list_size, seed, epochs, le
 
 
 QUERY_GROUP = "query_group"  # the column (and batch key) of each pair's query, a dense number
+TEACHER_SCORE = "teacher_score"  # the column (and batch key) of each pair's teacher score, for a teacher loss
 
 
 def ranking_trainer(loss, queries, labels, list_size, lengths=None, **trainer_kwargs):
-    """A transformers Trainer that trains on a ranking loss (`loss`, a key of LOSS_FUNCTIONS) over
-    steps of whole query groups (query_group_sampler over the training rows' `queries` and `labels`).
-    Its datasets carry each pair's query as a QUERY_GROUP number, which it keeps from the model: the
-    loss groups a step's scores by it (a step never holds two groups of one query). The validation
-    loss is the same loss over each validation batch's pairs, grouped by query as they come."""
+    """A transformers Trainer that trains on a ranking or teacher loss (`loss`, a key of LOSS_FUNCTIONS
+    or TEACHER_LOSS_FUNCTIONS) over steps of whole query groups (query_group_sampler over the training
+    rows' `queries` and `labels`). Its datasets carry each pair's query as a QUERY_GROUP number, and for
+    a teacher loss its teacher score as TEACHER_SCORE, which it keeps from the model: the loss groups
+    a step's scores by the first (a step never holds two groups of one query) and learns the second.
+    The validation loss is the same loss over each validation batch's pairs, grouped by query as they come."""
     from transformers import Trainer
 
-    loss_function = LOSS_FUNCTIONS[loss]
+    distils = loss in TEACHER_LOSSES
+    loss_function = (TEACHER_LOSS_FUNCTIONS if distils else LOSS_FUNCTIONS)[loss]
+    kept_columns = (QUERY_GROUP, TEACHER_SCORE) if distils else (QUERY_GROUP,)
 
     class QueryGroupTrainer(Trainer):
         loss_is_scaled_for_ga = False  # a mean over the step: the Trainer divides by the accumulation steps
 
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
-            if QUERY_GROUP not in self._signature_columns:  # kept in the batches, for compute_loss
-                self._signature_columns.append(QUERY_GROUP)
+            for column in kept_columns:  # kept in the batches, for compute_loss
+                if column not in self._signature_columns:
+                    self._signature_columns.append(column)
 
         def _get_train_sampler(self, train_dataset=None):
             args = self.args
             return query_group_sampler(queries, labels, args.train_batch_size, list_size, args.seed,
-                                       args.num_train_epochs, lengths, args.world_size, args.process_index)
+                                       args.num_train_epochs, lengths, args.world_size, args.process_index,
+                                       NEEDS[loss])
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, groups = inputs.pop("labels"), inputs.pop(QUERY_GROUP)
+            targets = inputs.pop(TEACHER_SCORE) if distils else labels
             outputs = model(**inputs)
-            loss = loss_function(relevance_scores(outputs.logits), labels, groups)
+            loss = loss_function(relevance_scores(outputs.logits), targets, groups)
             return (loss, outputs) if return_outputs else loss
 
     return QueryGroupTrainer(**trainer_kwargs)
 
 
-def with_query_groups(dataset, groups):
+def with_query_groups(dataset, groups, teacher_scores=None):
     """`dataset` (a datasets.Dataset of tokenized pairs, or a torch Dataset of dicts: cached features)
-    with each row's query group number under QUERY_GROUP."""
+    with each row's query group number under QUERY_GROUP, and given `teacher_scores` (one per row, in
+    order) each row's under TEACHER_SCORE."""
     import torch
 
+    columns = {QUERY_GROUP: np.asarray(groups, dtype=np.int64)}
+    if teacher_scores is not None:
+        columns[TEACHER_SCORE] = np.asarray(teacher_scores, dtype=np.float32)
     if hasattr(dataset, "add_column"):
-        return dataset.add_column(QUERY_GROUP, np.asarray(groups, dtype=np.int64))
+        for name, values in columns.items():
+            dataset = dataset.add_column(name, values)
+        return dataset
 
     class WithQueryGroups(torch.utils.data.Dataset):
         def __len__(self):
             return len(dataset)
 
         def __getitem__(self, index):
-            return {**dataset[index], QUERY_GROUP: int(groups[index])}
+            return {**dataset[index], **{name: values[index].item() for name, values in columns.items()}}
 
     return WithQueryGroups()
 

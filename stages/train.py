@@ -19,7 +19,7 @@ from pathlib import Path
 from stages.common import StageError, atomic_path, load_params, run
 from stages.ranking import check_loss_params
 from stages.training import (checkpoint_to_resume, device_flags, empty_checkpoints, layer_overrides, make_trainer,
-                             pretrained_classifier, run_fingerprint, training_arguments)
+                             pretrained_classifier, run_fingerprint, teacher_scores, training_arguments)
 
 
 def launch_distributed(gpus):
@@ -40,11 +40,15 @@ def main():
                         "empty after a completed run (models/checkpoints)")
     parser.add_argument("results_dir", type=Path, help="output: dvclive's metrics.json (the last epoch's headline metrics), "
                         "per-epoch curves, and report.json (every figure) (results/train)")
+    parser.add_argument("teacher_dir", type=Path, nargs="?", help="the teacher's scores of the pairs, train.npy and "
+                        "val.npy, for the teacher losses and eval.teacher_spearman; empty or left out: no teacher "
+                        "(data/teacher)")
     args = parser.parse_args()
     params = load_params("train")
     num_layers = load_params("model").get("num_layers")
     device_flags(params["precision"])  # refuse a bad train.precision before launching anything
-    check_loss_params(params)  # and a train.loss or train.list_size it cannot train with
+    teacher_files = sorted(args.teacher_dir.glob("*.npy")) if args.teacher_dir else []
+    check_loss_params(params, bool(teacher_files))  # and a train.loss or train.list_size it cannot train with
     layer_overrides(args.pretrained_dir, num_layers)  # and a model.num_layers the model does not have
     if params["gpus"] > 1 and "LOCAL_RANK" not in os.environ:
         return launch_distributed(params["gpus"])
@@ -68,7 +72,8 @@ def main():
     with training_args.main_process_first(desc="checkpoint check"):
         if params["resume"]:
             fingerprint = run_fingerprint({**params, "model.num_layers": num_layers},
-                                          [*args.encoded_dir.glob("*/*.arrow"), *args.pretrained_dir.glob("*.safetensors")])
+                                          [*args.encoded_dir.glob("*/*.arrow"), *args.pretrained_dir.glob("*.safetensors"),
+                                           *teacher_files])
             resume_from = checkpoint_to_resume(args.checkpoints, fingerprint, main_process)
         elif main_process:
             empty_checkpoints(args.checkpoints)
@@ -79,10 +84,11 @@ def main():
         if resume_from:
             print(f"train: resuming the interrupted run from {resume_from}")
     train_set, val_set = load_from_disk(args.encoded_dir / "train"), load_from_disk(args.encoded_dir / "val")
+    teacher = teacher_scores(args.teacher_dir, train_set, val_set)  # one per pair, or one line
     live = Live(str(args.results_dir), dvcyaml=False, save_dvc_exp=False, report=None) if main_process else None
     log = EpochLog(live, args.results_dir / REPORT_FILE) if live else None
     trainer, _ = make_trainer(params, training_args, model, tokenizer, train_set, val_set, args.checkpoints / "features",
-                              [log] if log else [])
+                              [log] if log else [], teacher)
     effective_batch_size = training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     if main_process:
         live.log_param("effective_batch_size", effective_batch_size)
@@ -97,6 +103,10 @@ def main():
             model.save_pretrained(model_dir)  # with the head trained in place when features were cached
             tokenizer.save_pretrained(model_dir)
         empty_checkpoints(args.checkpoints)  # the run completed: nothing to resume
+        if teacher is None:  # dvc.yaml's plot of it stays renderable: a curve with no points, no teacher
+            no_curve = args.results_dir / "plots/metrics/eval/teacher_spearman.tsv"
+            no_curve.parent.mkdir(parents=True, exist_ok=True)
+            no_curve.write_text("step\tteacher_spearman\n")
         print(f"train: the last epoch's validation nDCG@10, MRR@10 and loss and training loss in {args.results_dir / 'metrics.json'}; "
               f"per epoch in {args.results_dir / 'plots/metrics'}; every figure of the last epoch and the run (runtime, "
               f"samples per second, FLOPs) in {args.results_dir / REPORT_FILE}")

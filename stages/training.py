@@ -124,11 +124,13 @@ def device_flags(precision):
             "dataloader_pin_memory": gpu}
 
 
-def compute_metrics(eval_pred, queries=None):
+def compute_metrics(eval_pred, queries=None, teacher=None):
     """Per-epoch validation metrics: accuracy and F1 at the argmax, and, given each pair's query (its
     hash, as evaluate keeps it), evaluate's ranking metrics (nDCG@10, ...) of the PyTorch model's
-    P(relevant) per query, the same function on the same grouping as evaluate's fp32 ones. Undefined
-    ones (no query with a relevant title) are left out: the Trainer logs numbers only."""
+    P(relevant) per query, the same function on the same grouping as evaluate's fp32 ones; given each
+    pair's teacher score, teacher_spearman, the Spearman correlation of the model's scores with the
+    teacher's. Undefined ones (no query with a relevant title, constant scores) are left out: the
+    Trainer logs numbers only."""
     from sklearn.metrics import accuracy_score, f1_score
 
     from scorer import relevance_probability
@@ -143,7 +145,53 @@ def compute_metrics(eval_pred, queries=None):
                                                                   "probability": "sigmoid" if one_logit else "softmax"})
         ranking = ranking_metrics(queries, labels, scores)
         metrics.update({name: value for name, value in ranking.items() if value is not None})
+    if teacher is not None:
+        metrics.update(teacher_agreement(logits, teacher))
     return metrics
+
+
+def teacher_agreement(logits, teacher):
+    """{"teacher_spearman": the Spearman correlation of the model's scores (the relevance logit, or
+    logit[1] - logit[0]: what P(relevant) orders by) with the teacher's}, or {} where it is undefined."""
+    import warnings
+
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from stages.metrics import defined
+
+    logits = np.asarray(logits, dtype=np.float64)
+    scores = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: NaN, left out
+        correlation = defined(spearmanr(scores, np.asarray(teacher, dtype=np.float64)).statistic)
+    return {} if correlation is None else {"teacher_spearman": correlation}
+
+
+def teacher_scores(teacher_dir, train_set, val_set):
+    """The teacher's scores of the training and validation pairs (data/teacher/{train,val}.npy, the
+    teach stage's, one per row of data/split's CSVs and so of data/encoded's datasets, in order), or
+    None when teacher_dir holds none (teacher.name: null). Each must hold one score per pair of its
+    dataset, else one line: scores of other pairs would teach the student the wrong ones."""
+    import numpy as np
+
+    if teacher_dir is None:
+        return None
+    paths = {split: teacher_dir / f"{split}.npy" for split in ("train", "val")}
+    present = [path for path in paths.values() if path.is_file()]
+    if not present:
+        return None
+    if len(present) < len(paths):
+        raise StageError(f"teacher.name: {teacher_dir} holds {present[0].name} without "
+                         f"{next(p.name for p in paths.values() if not p.is_file())}; rerun teach (dvc repro teach)")
+    scores = {}
+    for (split, path), dataset in zip(paths.items(), (train_set, val_set)):
+        scores[split] = np.load(path, mmap_mode="r")
+        if scores[split].shape != (len(dataset),):
+            raise StageError(f"teacher.name: {path} holds {scores[split].size} teacher scores for the {len(dataset)} "
+                             f"{split} pairs, one per pair in order expected: teach and encode read another data/split; "
+                             f"rerun them (dvc repro)")
+    return scores["train"], scores["val"]
 
 
 def query_hashes(dataset, batch_size=10_000):
@@ -210,23 +258,27 @@ def training_arguments(params, output_dir):
     return args
 
 
-def make_trainer(params, training_args, model, tokenizer, train_set, val_set, features_dir, callbacks=()):
+def make_trainer(params, training_args, model, tokenizer, train_set, val_set, features_dir, callbacks=(), teacher=None):
     """The Trainer this stage trains with, and the validation inputs it evaluates on: tokenized pairs
     padded per batch, or, for a frozen base with cache_features, what the encoder gives the head,
-    computed once into features_dir by the first process of each machine."""
+    computed once into features_dir by the first process of each machine. `teacher`: the teacher's
+    (training, validation) scores (teacher_scores), for a teacher loss and eval's teacher_spearman."""
     import numpy as np
     from transformers import DataCollatorWithPadding, Trainer, default_data_collator
 
     from stages.frozen import cacheable, classification_head, feature_dataset, head_inputs, labels_of
-    from stages.ranking import RANKING_LOSSES, check_loss_params, contributing
+    from stages.ranking import GROUPED_LOSSES, NEEDS, check_loss_params, contributing
 
-    loss = check_loss_params(params)
-    if loss in RANKING_LOSSES:  # refused before the frozen encoder's pass when no query can contribute
+    loss = check_loss_params(params, teacher is not None)
+    if loss in GROUPED_LOSSES:  # refused before the frozen encoder's pass when no query can contribute
         train_queries, train_labels = query_hashes(train_set), labels_of(train_set)
-        usable, useless = contributing(train_queries, train_labels)
+        usable, useless = contributing(train_queries, train_labels, NEEDS[loss])
         if not usable.any():
-            raise StageError(f"train.loss={loss}: none of the {useless} training queries has both relevant and "
-                             f"non-relevant titles, so a ranking loss has nothing to learn; use train.loss: pointwise")
+            lacking = ("two titles or more, so margin_mse has no pair of titles to learn a margin from"
+                       if loss == "margin_mse" else
+                       "both relevant and non-relevant titles, so a ranking loss has nothing to learn")
+            raise StageError(f"train.loss={loss}: none of the {useless} training queries has {lacking}; "
+                             f"use train.loss: pointwise")
     cached = params["freeze_base"] and params["cache_features"]
     if cached and not cacheable(model):
         cached = False
@@ -252,10 +304,10 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, fe
         val_inputs = feature_dataset(val_features, labels_of(val_set))
     else:
         trained, collator, train_inputs, val_inputs = model, DataCollatorWithPadding(tokenizer), train_set, val_set
-    if loss in RANKING_LOSSES:
+    if loss in GROUPED_LOSSES:
         trainer, val_inputs = ranking_trainer(params, loss, training_args, trained, tokenizer, collator, train_set,
                                               train_inputs, val_set, val_inputs, train_queries, train_labels,
-                                              useless, callbacks)
+                                              useless, callbacks, teacher)
     else:
         trainer = Trainer(model=trained, args=training_args, train_dataset=train_inputs, eval_dataset=val_inputs,
                           processing_class=tokenizer, data_collator=collator,
@@ -263,29 +315,33 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, fe
                           callbacks=list(callbacks))
     # The predictions come in the eval sampler's order: with train_sampling_strategy group_by_length,
     # transformers 5.24 groups the validation pairs by length too (a seeded, so fixed, permutation).
-    queries = query_hashes(val_set)
+    # The teacher's validation scores, one per pair of val_set in order, take the same permutation.
+    queries, val_teacher = query_hashes(val_set), None if teacher is None else np.asarray(teacher[1])
     order = trainer._get_eval_sampler(val_inputs)
     if order is not None:
-        queries = queries[np.fromiter(iter(order), dtype=np.int64)]
-    trainer.compute_metrics = functools.partial(compute_metrics, queries=queries)
+        order = np.fromiter(iter(order), dtype=np.int64)
+        queries, val_teacher = queries[order], None if val_teacher is None else val_teacher[order]
+    trainer.compute_metrics = functools.partial(compute_metrics, queries=queries, teacher=val_teacher)
     return trainer, val_inputs
 
 
 def ranking_trainer(params, loss, training_args, trained, tokenizer, collator, train_set, train_inputs, val_set,
-                    val_inputs, train_queries, train_labels, useless, callbacks):
-    """make_trainer's Trainer for a ranking loss (stages/ranking.py), on steps of whole query groups
-    (by length within a query with group_by_length, for token inputs), and its validation inputs,
-    both carrying each pair's query group."""
+                    val_inputs, train_queries, train_labels, useless, callbacks, teacher=None):
+    """make_trainer's Trainer for a ranking or teacher loss (stages/ranking.py), on steps of whole query
+    groups (by length within a query with group_by_length, for token inputs), and its validation
+    inputs, both carrying each pair's query group, and for a teacher loss its teacher score."""
     import numpy as np
 
-    from stages.ranking import pair_lengths, ranking_trainer as query_group_trainer, with_query_groups
+    from stages.ranking import TEACHER_LOSSES, pair_lengths, ranking_trainer as query_group_trainer, with_query_groups
 
     list_size, batch_size = params.get("list_size", 16), training_args.train_batch_size
     lengths = pair_lengths(train_set) if training_args.train_sampling_strategy == "group_by_length" else None
-    train_inputs = with_query_groups(train_inputs, np.unique(train_queries, return_inverse=True)[1])
-    val_inputs = with_query_groups(val_inputs, np.unique(query_hashes(val_set), return_inverse=True)[1])
+    train_teacher, val_teacher = teacher if loss in TEACHER_LOSSES else (None, None)
+    train_inputs = with_query_groups(train_inputs, np.unique(train_queries, return_inverse=True)[1], train_teacher)
+    val_inputs = with_query_groups(val_inputs, np.unique(query_hashes(val_set), return_inverse=True)[1], val_teacher)
     if training_args.process_index == 0:
-        left_out = (f"; {useless} quer{'y' if useless == 1 else 'ies'} with one title or one label only "
+        lacking = "one title only" if loss == "margin_mse" else "one title or one label only"
+        left_out = (f"; {useless} quer{'y' if useless == 1 else 'ies'} with {lacking} "
                     f"give{'s' if useless == 1 else ''} it nothing and {'is' if useless == 1 else 'are'} left out"
                     if useless else "")
         cut = f" (train.list_size: {list_size}, cut to train.batch_size)" if list_size > batch_size else ""
