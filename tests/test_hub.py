@@ -65,7 +65,7 @@ def test_dvc_repro_with_the_shipped_params_fetches_the_pinned_hub_model(tmp_path
         changed = {f"{section}.{key}" for section in SHIPPED for key in SHIPPED[section]
                    if params[section][key] != SHIPPED[section][key]}
         assert changed == {"data.url", "train.epochs"}
-        assert params["model"] == {"name": REPO, "revision": COMMIT}
+        assert params["model"] == {"name": REPO, "revision": COMMIT, "num_layers": None}
 
         result = dvc("repro", cwd=project, **hub_env(endpoint, tmp_path))
 

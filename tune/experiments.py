@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -153,6 +154,7 @@ class Runner:
         self.env = env
         self.root = project.root / RUNNERS / f"{os.getpid()}-{slot}"
         self.process = None
+        self.running_since = None  # when the target stage started: _watch reads curves written since
         self._made = False
 
     def make(self):
@@ -215,7 +217,8 @@ class Runner:
                                      r"Stage '[^']+' is cached - skipping run)", line.strip())
                     if match:
                         progress(match.group(1))
-                        if match.group(1) == f"Running stage '{targets[-1]}'":  # its old outputs removed by now
+                        if match.group(1) == f"Running stage '{targets[-1]}'":
+                            self.running_since = time.time()
                             running.set()
             status = self.process.wait()
         finished.set()
@@ -226,13 +229,17 @@ class Runner:
 
     def _watch(self, curve, on_curve, running, finished):
         """Poll `curve` in the experiment's temporary workspace (DVC's --temp runs in
-        .dvc/tmp/exps/standalone/tmpXXXX of this clone, one at a time) while the target stage runs."""
+        .dvc/tmp/exps/standalone/tmpXXXX of this clone, one at a time) while the target stage runs.
+        Train's outputs persist (dvc.yaml): DVC leaves the baseline's curve in the workspace until the
+        stage rewrites it, so a file older than the stage's start is the baseline's, not this run's."""
         last = None
         while not finished.wait(WATCH_S):
             if not running.is_set():
                 continue
             for path in (self.root / TEMP_WORKSPACES).glob(f"*/{curve}"):
                 try:
+                    if path.stat().st_mtime < self.running_since:
+                        continue
                     text = path.read_text(encoding="utf-8")
                 except OSError:  # not written yet, or removed with the workspace
                     continue
