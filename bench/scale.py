@@ -10,6 +10,10 @@ to bench/results/scale.md and scale.json.
 
     python -m bench.scale                          # 50k, 500k and 2M rows: about 25 minutes on 2 cores
     python -m bench.scale --rows 40000 400000 --name scale-40k-400k   # other sizes, into bench/results/NAME.md
+    python -m bench.scale --rows 20000 200000 --teacher --name scale-teacher   # with teach and train.loss: margin_mse
+
+--teacher: the tiny BERT with a one-logit head is also the teacher (teacher.name), so teach scores every
+pair, and train distils its scores (train.loss: margin_mse) on steps of whole query groups.
 """
 import argparse
 import shlex
@@ -25,12 +29,25 @@ PARAMS = {"train": {"epochs": 1, "batch_size": 256, "eval_batch_size": 256, "war
 VOCABULARY_ROWS = 5_000  # the tiny BERT's vocabulary comes from the first rows: every word, every digit
 
 
-def run_size(rows, scratch):
+def write_tiny_teacher(model_dir, bert_dir):
+    """The tiny BERT with a one-logit head (random): a cross-encoder's layout, for teach to score with."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    BertForSequenceClassification.from_pretrained(bert_dir, num_labels=1).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(bert_dir).save_pretrained(model_dir)
+    return model_dir
+
+
+def run_size(rows, scratch, teacher=False):
     csv_path = write_scale_csv(scratch / f"pairs-{rows}.csv", rows)
     head = scratch / "head.csv"
     head.write_text("".join(line for _, line in zip(range(VOCABULARY_ROWS + 1), open(csv_path, encoding="utf-8"))))
     model = write_tiny_bert(scratch / "tiny-bert", csv_texts(head))
-    project = make_scratch_project(scratch / f"project-{rows}", csv_path, model, PARAMS, use_git=False)
+    params = PARAMS
+    if teacher:
+        teacher_dir = write_tiny_teacher(scratch / "tiny-teacher", model)
+        params = {**PARAMS, "teacher": {"name": str(teacher_dir)}, "train": {**PARAMS["train"], "loss": "margin_mse"}}
+    project = make_scratch_project(scratch / f"project-{rows}", csv_path, model, params, use_git=False)
     commands = {**{name: shlex.split(" ".join(stage["cmd"].split())) for name, stage in pipeline_stages()},
                 "scorer CLI": ["python", "-m", "scorer", "pairs", "data/split/val.csv", "scored.csv"]}
     results = {}
@@ -52,13 +69,15 @@ def bytes_per_row(results, sizes):
             for small, large in zip(sizes, sizes[1:])}
 
 
-def markdown(results, growth, sizes, machine):
+def markdown(results, growth, sizes, machine, teacher=False):
     names = list(results[sizes[0]])
     return "\n".join([
         f"# Stage time and memory against rows ({machine})", "",
         "`python -m bench.scale`: each stage's dvc.yaml command on a synthetic CSV of realistic pairs "
         "(50 titles a query), a tiny BERT (hidden size 32), shipped params with train at 1 epoch, batch 256. "
-        "Peak anonymous memory is RssAnon summed over the stage's process tree.", "",
+        "Peak anonymous memory is RssAnon summed over the stage's process tree."
+        + (" With a teacher (`--teacher`): the tiny BERT with a one-logit head as teacher.name, so teach scores "
+           "every pair, and train.loss: margin_mse (steps of whole query groups)." if teacher else ""), "",
         *table(("stage", *(f"{rows:,} rows: s / anon MiB / RSS MiB" for rows in sizes)),
                [(name, *(f"{r['seconds']} / {r['peak_anon_mib']} / {r['peak_rss_mib']}" for r in (results[s][name] for s in sizes)))
                 for name in names]),
@@ -71,15 +90,16 @@ def main():
     parser.add_argument("--rows", type=int, nargs="+", default=[50_000, 500_000, 2_000_000])
     parser.add_argument("--scratch", type=Path, help="keep the scratch projects here (default: a temporary folder)")
     parser.add_argument("--name", default="scale", help="results file name in bench/results (default: %(default)s)")
+    parser.add_argument("--teacher", action="store_true", help="score the pairs with a teacher and distil it (see above)")
     args = parser.parse_args()
     sizes = sorted(args.rows)
     with tempfile.TemporaryDirectory(prefix="scale-") as temporary:
         scratch = args.scratch or Path(temporary)
         scratch.mkdir(parents=True, exist_ok=True)
-        results = {rows: run_size(rows, scratch) for rows in sizes}
+        results = {rows: run_size(rows, scratch, args.teacher) for rows in sizes}
     growth = bytes_per_row(results, sizes)
     machine = cpu()
-    report = markdown(results, growth, sizes, machine)
+    report = markdown(results, growth, sizes, machine, args.teacher)
     save({"machine": machine, "results": results, "bytes_per_row": growth}, report, args.name)
     print(report)
 
