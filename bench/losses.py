@@ -119,22 +119,24 @@ def main():
     parser.add_argument("--titles", type=int, default=16, help="titles per query (default: %(default)s)")
     parser.add_argument("--folds", type=int, default=5, help="folds over queries (default: %(default)s)")
     parser.add_argument("--losses", nargs="+", default=LOSSES, help="train.loss values, the first the reference")
+    parser.add_argument("--epochs", type=int, default=TRAINING["epochs"], help="train.epochs (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="the pairs' seed (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-losses"), help="the scratch project's parent")
     parser.add_argument("--name", default="losses", help="results file name (default: %(default)s)")
     parser.add_argument("--results", default=str(RESULTS), help="results folder (default: bench/results)")
     args = parser.parse_args()
     model_dir, model = locate_model(args)
+    training = {**TRAINING, "epochs": args.epochs}
     start = time.perf_counter()
     args.workdir.mkdir(parents=True, exist_ok=True)
     queries, titles, labels = realistic_pairs(args.queries, titles_per_query=args.titles, seed=args.seed)
     csv_path = write_rows(args.workdir / "pairs.csv", zip(queries, titles, labels))
     project = args.workdir / f"project-{time.strftime('%Y%m%d-%H%M%S')}"
-    make_scratch_project(project, csv_path, model_dir, params={"train": TRAINING, "encode": {"max_length": 64}})
+    make_scratch_project(project, csv_path, model_dir, params={"train": training, "encode": {"max_length": 64}})
     runs = [run_fold(project, loss, fold, args.folds, everything=fold == 0)
             for fold in range(args.folds) for loss in args.losses]
     record = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "model": model, "queries": args.queries,
-              "titles": args.titles, "pairs": len(labels), "folds": args.folds, "training": TRAINING,
+              "titles": args.titles, "pairs": len(labels), "folds": args.folds, "training": training,
               "order": args.losses, "losses": summary(runs, args.losses), "runs": runs,
               "minutes": (time.perf_counter() - start) / 60, "command": "python -m bench.losses " + " ".join(sys.argv[1:])}
     text = markdown(record)
