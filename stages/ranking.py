@@ -343,38 +343,11 @@ def ranking_trainer(loss, queries, labels, list_size, lengths=None, **trainer_kw
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, groups = inputs.pop("labels"), inputs.pop(QUERY_GROUP)
             targets = inputs.pop(TEACHER_SCORE) if distils else labels
-            if lengths is not None and not return_outputs and "attention_mask" in inputs:  # a training step of tokens
-                return loss_function(chunked_scores(model, inputs), targets, groups)
             outputs = model(**inputs)
             loss = loss_function(relevance_scores(outputs.logits), targets, groups)
             return (loss, outputs) if return_outputs else loss
 
     return QueryGroupTrainer(**trainer_kwargs)
-
-
-FORWARD_CHUNKS = 4
-
-
-def chunked_scores(model, inputs, chunks=FORWARD_CHUNKS):
-    """The relevance scores of a step's pairs, in their order, from `chunks` forward passes over the
-    pairs sorted by length, each padded only as far as its own longest pair: the same scores, to float
-    rounding, as one pass (attention masks out padding), for less padding. A step of whole query
-    groups holds one query's titles of every length, which the collator pads to the longest; the
-    pointwise steps of group_by_length hold pairs of similar length instead. On bench.losses' pairs
-    (titles of 6 to 30 words, groups of 16) one pass costs 1.48x the padded tokens of group_by_length's
-    steps, four passes 1.07x (sentence-transformers' mini_batch_size splits its passes likewise)."""
-    import torch
-
-    mask = inputs["attention_mask"]
-    order = torch.argsort(mask.sum(dim=1))
-    rows, scores = [], []
-    for part in torch.tensor_split(order, min(chunks, len(order))):
-        columns = mask[part].any(dim=0)  # the columns any of these pairs uses: padding on either side
-        chunk = {name: value[part][:, columns] if value.shape == mask.shape else value[part]
-                 for name, value in inputs.items()}
-        rows.append(part)
-        scores.append(relevance_scores(model(**chunk).logits))
-    return torch.cat(scores)[torch.argsort(torch.cat(rows))]
 
 
 def with_query_groups(dataset, groups, teacher_scores=None):

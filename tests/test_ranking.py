@@ -117,24 +117,6 @@ def test_a_two_label_head_ranks_by_its_logit_difference(cross_encoder):
             torch.testing.assert_close(our_loss(name, two_labels, tokenizer), peer_loss(name, cross_encoder), rtol=1e-5, atol=0)
 
 
-def test_a_step_scored_in_chunks_of_similar_length_scores_as_one_pass(cross_encoder):
-    """chunked_scores: a training step's pairs through the model in passes of similar length, each
-    padded to its own longest pair, give each pair the score one padded pass gives it, in its place."""
-    from transformers import AutoTokenizer
-
-    from stages.ranking import chunked_scores
-
-    model = cross_encoder[0].model
-    tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, local_files_only=True)
-    queries, titles = zip(*((query, title) for query, titles, _ in LISTS for title in titles))
-    inputs = tokenizer(list(queries), list(titles), padding=True, return_tensors="pt")
-    with torch.no_grad():
-        whole = relevance_scores(model(**inputs).logits)
-        chunked = chunked_scores(model, dict(inputs), chunks=4)
-    assert len(set(inputs["attention_mask"].sum(dim=1).tolist())) > 4, "pairs of several lengths"
-    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
-
-
 def test_relevance_scores_of_each_head():
     logits = torch.tensor([[0.5, 2.0], [1.0, -1.0]])
     assert relevance_scores(logits).tolist() == [1.5, -2.0]
