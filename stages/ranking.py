@@ -62,9 +62,10 @@ def check_loss_params(params, teacher=False):
 
 
 def relevance_scores(logits):
-    """Each pair's ranking score from the model's logits: the relevance logit of a 1-logit head,
-    logit[1] - logit[0] of a 2-label head."""
-    return logits.view(-1) if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
+    """Each pair's ranking score from a (pairs x labels) array of logits, torch or NumPy: the relevance
+    logit of a 1-logit head, logit[1] - logit[0] of a 2-label head. Train's losses and its Spearman
+    with the teacher, and teach's scores of the teacher, all rank by it."""
+    return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
 
 
 def padded_groups(scores, labels, groups):

@@ -54,11 +54,6 @@ def load_teacher(model_dir, name, device):
     return model.to(device).eval(), tokenizer, min(longest, tokenizer.model_max_length)
 
 
-def relevance(logits):
-    """A pair's teacher score: the relevance logit of a 1-logit head, logit[1] - logit[0] of a 2-label one."""
-    return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
-
-
 def tokenize(tokenizer, queries, titles, max_length):
     """The pairs tokenized and cut to max_length as encode cuts them, and how many were cut: each pair
     is tokenized to at most max_length + 1 tokens (so a long title never makes a long list), and those
@@ -81,6 +76,7 @@ def score_split(csv_path, scores_path, model, tokenizer, max_length, device, bat
     from tqdm.auto import tqdm
 
     from stages.common import model_inputs, read_pairs
+    from stages.ranking import relevance_scores
 
     rows = sum(len(chunk) for chunk in read_pairs(csv_path))  # the .npy's length, written before its scores
     scores = np.lib.format.open_memmap(scores_path, mode="w+", dtype=np.float32, shape=(rows,))
@@ -96,7 +92,7 @@ def score_split(csv_path, scores_path, model, tokenizer, max_length, device, bat
                 batch = tokenizer.pad({name: [encoded[name][i] for i in picked] for name in names}, return_tensors="pt")
                 with torch.inference_mode():
                     logits = model(**{name: tensor.to(device) for name, tensor in batch.items()}).logits
-                chunk_scores[picked] = relevance(logits.float()).cpu().numpy()
+                chunk_scores[picked] = relevance_scores(logits.float()).cpu().numpy()
                 progress.update(len(picked))
             scores[done:done + len(chunk)] = chunk_scores
             done += len(chunk)

@@ -160,8 +160,9 @@ def teacher_agreement(logits, teacher):
 
     from stages.metrics import defined
 
-    logits = np.asarray(logits, dtype=np.float64)
-    scores = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+    from stages.ranking import relevance_scores
+
+    scores = relevance_scores(np.asarray(logits, dtype=np.float64))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant input: NaN, left out
         correlation = defined(spearmanr(scores, np.asarray(teacher, dtype=np.float64)).statistic)
@@ -304,9 +305,10 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, fe
         val_inputs = feature_dataset(val_features, labels_of(val_set))
     else:
         trained, collator, train_inputs, val_inputs = model, DataCollatorWithPadding(tokenizer), train_set, val_set
+    val_queries = query_hashes(val_set)
     if loss in GROUPED_LOSSES:
         trainer, val_inputs = ranking_trainer(params, loss, training_args, trained, tokenizer, collator, train_set,
-                                              train_inputs, val_set, val_inputs, train_queries, train_labels,
+                                              train_inputs, val_queries, val_inputs, train_queries, train_labels,
                                               useless, callbacks, teacher)
     else:
         trainer = Trainer(model=trained, args=training_args, train_dataset=train_inputs, eval_dataset=val_inputs,
@@ -316,7 +318,7 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, fe
     # The predictions come in the eval sampler's order: with train_sampling_strategy group_by_length,
     # transformers 5.24 groups the validation pairs by length too (a seeded, so fixed, permutation).
     # The teacher's validation scores, one per pair of val_set in order, take the same permutation.
-    queries, val_teacher = query_hashes(val_set), None if teacher is None else np.asarray(teacher[1])
+    queries, val_teacher = val_queries, None if teacher is None else np.asarray(teacher[1])
     order = trainer._get_eval_sampler(val_inputs)
     if order is not None:
         order = np.fromiter(iter(order), dtype=np.int64)
@@ -325,7 +327,7 @@ def make_trainer(params, training_args, model, tokenizer, train_set, val_set, fe
     return trainer, val_inputs
 
 
-def ranking_trainer(params, loss, training_args, trained, tokenizer, collator, train_set, train_inputs, val_set,
+def ranking_trainer(params, loss, training_args, trained, tokenizer, collator, train_set, train_inputs, val_queries,
                     val_inputs, train_queries, train_labels, useless, callbacks, teacher=None):
     """make_trainer's Trainer for a ranking or teacher loss (stages/ranking.py), on steps of whole query
     groups (by length within a query with group_by_length, for token inputs), and its validation
@@ -338,7 +340,7 @@ def ranking_trainer(params, loss, training_args, trained, tokenizer, collator, t
     lengths = pair_lengths(train_set) if training_args.train_sampling_strategy == "group_by_length" else None
     train_teacher, val_teacher = teacher if loss in TEACHER_LOSSES else (None, None)
     train_inputs = with_query_groups(train_inputs, np.unique(train_queries, return_inverse=True)[1], train_teacher)
-    val_inputs = with_query_groups(val_inputs, np.unique(query_hashes(val_set), return_inverse=True)[1], val_teacher)
+    val_inputs = with_query_groups(val_inputs, np.unique(val_queries, return_inverse=True)[1], val_teacher)
     if training_args.process_index == 0:
         lacking = "one title only" if loss == "margin_mse" else "one title or one label only"
         left_out = (f"; {useless} quer{'y' if useless == 1 else 'ies'} with {lacking} "
