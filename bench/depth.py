@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 from bench.int8 import locate_model
-from bench.losses import TRAINING, experiment
+from bench.losses import TRAINING, experiment, scratch_project
 from bench.memory import cpu
 from bench.report import RESULTS, save, table
-from bench.synthetic import make_scratch_project, realistic_pairs, write_rows
 
 DEPTHS = [1, 2, 3, 6]
 EPOCHS = 5  # bench.losses' 3 leave the 6-layer teacher short of TF-IDF on these pairs
@@ -40,7 +39,6 @@ def read(project, path):
 
 def outcome(project, stages_run, **settings):
     evaluation, vespa = read(project, "results/eval/metrics.json"), read(project, "results/vespa/report.json")
-    train = read(project, "results/train/metrics.json")
     row = {**settings, "stages_run": stages_run, "layers": read(project, "models/finetuned/config.json")["num_hidden_layers"],
            "ndcg@10": {name: evaluation[name]["ndcg@10"] for name in evaluation if "ndcg@10" in evaluation[name]},
            "teacher_spearman": read(project, "results/train/report.json").get("eval", {}).get("teacher_spearman"),
@@ -112,9 +110,7 @@ def main():
     start = time.perf_counter()
     run_dir = args.workdir / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
-    queries, titles, labels = realistic_pairs(args.queries, titles_per_query=args.titles, seed=args.seed)
-    csv_path = write_rows(run_dir / "pairs.csv", zip(queries, titles, labels))
-    project = make_scratch_project(run_dir / "project", csv_path, model_dir, params={"train": training, "encode": {"max_length": 64}})
+    project, pairs = scratch_project(run_dir, model_dir, args, training)
     teacher = outcome(project, experiment(project, []), loss="pointwise", teacher=None)
     teacher_dir = shutil.copytree(project / "models/finetuned", run_dir / "teacher")
     students = [outcome(project, experiment(project, [f"model.num_layers={depth}", f"train.loss={loss}",
@@ -122,7 +118,7 @@ def main():
                 for depth in args.depths for loss in LOSSES]
     teacher["ndcg@10"]["teacher"] = students[0]["ndcg@10"].get("teacher")
     record = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "model": model, "queries": args.queries,
-              "titles": args.titles, "pairs": len(labels), "training": training, "depths": args.depths,
+              "titles": args.titles, "pairs": pairs, "training": training, "depths": args.depths,
               "teacher": teacher, "students": students, "front": front(students),
               "minutes": (time.perf_counter() - start) / 60, "command": "python -m bench.depth " + " ".join(sys.argv[1:])}
     text = markdown(record)

@@ -27,11 +27,21 @@ from pathlib import Path
 from bench.int8 import locate_model
 from bench.memory import cpu
 from bench.report import RESULTS, save, table
-from bench.synthetic import make_scratch_project, realistic_pairs, set_params, write_rows
+from bench.synthetic import make_scratch_project, realistic_pairs, write_rows
 
 LOSSES = ["pointwise", "rank_net", "list_net", "lambda_loss"]
 TRAINING = {"freeze_base": False, "epochs": 3, "learning_rate": 1.0e-4, "warmup_steps": 10, "batch_size": 16,
             "list_size": 16}
+
+
+def scratch_project(folder, model_dir, args, training):
+    """A scratch copy of the project in `folder` on args.queries x args.titles realistic pairs (args.seed),
+    training with `training` at encode.max_length 64; returns it and the number of pairs."""
+    queries, titles, labels = realistic_pairs(args.queries, titles_per_query=args.titles, seed=args.seed)
+    csv_path = write_rows(folder / "pairs.csv", zip(queries, titles, labels))
+    project = make_scratch_project(folder / "project", csv_path, model_dir,
+                                   params={"train": training, "encode": {"max_length": 64}})
+    return project, len(labels)
 
 
 def dvc(project, *args):
@@ -128,15 +138,13 @@ def main():
     model_dir, model = locate_model(args)
     training = {**TRAINING, "epochs": args.epochs}
     start = time.perf_counter()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    queries, titles, labels = realistic_pairs(args.queries, titles_per_query=args.titles, seed=args.seed)
-    csv_path = write_rows(args.workdir / "pairs.csv", zip(queries, titles, labels))
-    project = args.workdir / f"project-{time.strftime('%Y%m%d-%H%M%S')}"
-    make_scratch_project(project, csv_path, model_dir, params={"train": training, "encode": {"max_length": 64}})
+    run_dir = args.workdir / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True)
+    project, pairs = scratch_project(run_dir, model_dir, args, training)
     runs = [run_fold(project, loss, fold, args.folds, everything=fold == 0)
             for fold in range(args.folds) for loss in args.losses]
     record = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "model": model, "queries": args.queries,
-              "titles": args.titles, "pairs": len(labels), "folds": args.folds, "training": training,
+              "titles": args.titles, "pairs": pairs, "folds": args.folds, "training": training,
               "order": args.losses, "losses": summary(runs, args.losses), "runs": runs,
               "minutes": (time.perf_counter() - start) / 60, "command": "python -m bench.losses " + " ".join(sys.argv[1:])}
     text = markdown(record)
